@@ -1,0 +1,342 @@
+"""Converters from the raw public releases of the built-in datasets to the project's format.
+
+`imf data build NAME --source ../shared/datasets` reads the raw files (formats and provenance in
+that folder's SOURCES.md) and writes `data/NAME/` in the format of `model.data`. The results are
+committed, so users never need the raw files; this module documents exactly how they were made.
+
+Cleaning, always reported in `dataset.json` under "cleaning":
+- duplicate lines inside a split are dropped (raw DB15K repeats triples);
+- valid/test triples whose entity or relation never occurs in train are dropped (FB15k-237 has a
+  few; the usual practice, since a structure embedding cannot be learned for them).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model.data import BUILTIN_DATASETS, project_data_dir
+from model.errors import DataError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+Triple = tuple[str, str, str]
+
+
+@dataclass
+class RawKG:
+    """A dataset as read from its raw release, before writing: string ids throughout."""
+
+    name: str
+    description: str
+    splits: dict[str, list[Triple]]
+    entity_names: dict[str, str]
+    entity_descriptions: dict[str, str]
+    relation_names: dict[str, str]
+    default_modalities: list[str]
+    sources: list[str]
+    cleaning: dict[str, int] = field(default_factory=dict)
+
+
+def _clean(raw: RawKG) -> RawKG:
+    """Drop in-split duplicates and valid/test triples with entities/relations unseen in train."""
+    for split, triples in raw.splits.items():
+        seen: set[Triple] = set()
+        kept = []
+        for t in triples:
+            if t not in seen:
+                seen.add(t)
+                kept.append(t)
+        raw.cleaning[f"{split}_duplicates_dropped"] = len(triples) - len(kept)
+        raw.splits[split] = kept
+    ents = {h for h, _, _ in raw.splits["train"]} | {t for _, _, t in raw.splits["train"]}
+    rels = {r for _, r, _ in raw.splits["train"]}
+    for split in ("valid", "test"):
+        before = raw.splits[split]
+        raw.splits[split] = [(h, r, t) for h, r, t in before if h in ents and t in ents and r in rels]
+        raw.cleaning[f"{split}_unseen_in_train_dropped"] = len(before) - len(raw.splits[split])
+    return raw
+
+
+def _entity_order(raw: RawKG) -> list[str]:
+    """Entities in order of first appearance over train, valid, test (the usual convention)."""
+    order: dict[str, None] = {}
+    for split in ("train", "valid", "test"):
+        for h, _, t in raw.splits[split]:
+            order.setdefault(h)
+            order.setdefault(t)
+    return list(order)
+
+
+def _tsv_field(text: str) -> str:
+    """Tabs and newlines would break the TSV columns."""
+    return re.sub(r"[\t\r\n]+", " ", text).strip()
+
+
+def _atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_lines(path: Path, lines: Iterable[str]) -> None:
+    def write(tmp: Path) -> None:
+        if path.suffix == ".gz":
+            # mtime=0 keeps the committed file byte-identical across rebuilds.
+            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz:
+                gz.write("".join(f"{line}\n" for line in lines).encode("utf-8"))
+        else:
+            tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+    _atomic_write(path, write)
+
+
+def write_dataset(raw: RawKG, out: Path, *, gzip_threshold: int = 2_000_000) -> None:
+    """Write `raw` (cleaned) into `out` in the project format; the features/ folder is kept."""
+    raw = _clean(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    entities = _entity_order(raw)
+    relations = list(dict.fromkeys(r for _, r, _ in raw.splits["train"]))
+    _write_lines(
+        out / "entities.tsv",
+        (f"{e}\t{_tsv_field(raw.entity_names.get(e, e)) or e}\t{_tsv_field(raw.entity_descriptions.get(e, ''))}" for e in entities),
+    )
+    _write_lines(out / "relations.tsv", (f"{r}\t{_tsv_field(raw.relation_names.get(r, r)) or r}" for r in relations))
+    for split, triples in raw.splits.items():
+        lines = [f"{h}\t{r}\t{t}" for h, r, t in triples]
+        size = sum(len(x) + 1 for x in lines)
+        target = out / (f"{split}.tsv.gz" if size > gzip_threshold else f"{split}.tsv")
+        other = out / (f"{split}.tsv" if target.suffix == ".gz" else f"{split}.tsv.gz")
+        _write_lines(target, lines)
+        other.unlink(missing_ok=True)
+    meta = {
+        "name": raw.name,
+        "description": raw.description,
+        "default_modalities": raw.default_modalities,
+        "sources": raw.sources,
+        "counts": {
+            "entities": len(entities),
+            "relations": len(relations),
+            **{split: len(t) for split, t in raw.splits.items()},
+        },
+        "cleaning": raw.cleaning,
+    }
+    _write_lines(out / "dataset.json", [json.dumps(meta, indent=2, ensure_ascii=False)])
+    log.info("wrote %s: %s", out, meta["counts"])
+
+
+# --------------------------------------------------------------------------------------------
+# The three built-in datasets
+# --------------------------------------------------------------------------------------------
+
+
+def _read_wikidata(path: Path) -> dict[str, dict]:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def read_fb15k_237(src: Path) -> RawKG:
+    """FB15k-237 (Toutanova & Chen 2015) from ConvE's tarball; names from Wikidata labels."""
+    base = src / "FB15k-237"
+    splits: dict[str, list[Triple]] = {}
+    with tarfile.open(base / "FB15k-237.tar.gz") as tar:
+        for split in ("train", "valid", "test"):
+            member = tar.extractfile(f"{split}.txt")
+            if member is None:
+                raise DataError(base / "FB15k-237.tar.gz", f"no member {split}.txt")
+            triples = []
+            for lineno, line in enumerate(member.read().decode("utf-8").splitlines(), start=1):
+                cols = line.strip("\r\n").split("\t")
+                if len(cols) != 3:
+                    raise DataError(base / f"FB15k-237.tar.gz:{split}.txt", f"expected 3 columns, found {len(cols)}", lineno)
+                triples.append((cols[0], cols[1], cols[2]))
+            splits[split] = triples
+    wiki = _read_wikidata(base / "entity2wikidata.json")
+    text_names = dict(line.split("\t", 1) for line in (base / "entity2text.txt").read_text(encoding="utf-8").splitlines() if "\t" in line)
+    names = {}
+    descs = {}
+    for mid in set(text_names) | set(wiki):
+        w = wiki.get(mid) or {}
+        names[mid] = (w.get("label") or text_names.get(mid) or mid).strip()
+        descs[mid] = (w.get("description") or "").strip()
+    rel_names = {}
+    for line in (base / "relation2text.txt").read_text(encoding="utf-8").splitlines():
+        if "\t" in line:
+            rel, words = line.split("\t", 1)
+            rel_names[rel] = words.strip()
+    return RawKG(
+        name="fb15k-237",
+        description="FB15k-237 (Toutanova & Chen 2015), Freebase; ConvE's release of the split.",
+        splits=splits,
+        entity_names=names,
+        entity_descriptions=descs,
+        relation_names=rel_names,
+        default_modalities=["text", "numeric"],
+        sources=[
+            "TimDettmers/ConvE FB15k-237.tar.gz (MIT)",
+            "villmow/datasets_knowledge_embedding entity2wikidata.json (MIT): names, descriptions",
+            "yao8839836/kg-bert entity2text.txt, relation2text.txt (Apache-2.0): fallback names",
+            "mniepert/mmkb FB15K_NumericalTriples.txt (BSD-3-Clause): numeric features",
+            "wangmengsd/RSME img_data/fb15k (10 entities): visual features only, images not included",
+        ],
+    )
+
+
+_DB_PREFIXES = {
+    "http://dbpedia.org/ontology/": "dbo:",
+    "http://www.w3.org/2000/01/rdf-schema#": "rdfs:",
+    "http://www.w3.org/2002/07/owl#": "owl:",
+    "http://www.w3.org/1999/02/22-rdf-syntax-ns#": "rdf:",
+    "http://xmlns.com/foaf/0.1/": "foaf:",
+    "http://purl.org/dc/elements/1.1/": "dc:",
+}
+
+
+def _db_relation_id(uri: str) -> str:
+    bare = uri.strip("<>")
+    for long, short in _DB_PREFIXES.items():
+        if bare.startswith(long):
+            return short + bare[len(long):]
+    return bare
+
+
+def _words(camel: str) -> str:
+    """'birthPlace' -> 'birth place'."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", camel).replace("_", " ").lower()
+
+
+def read_db15k(src: Path) -> RawKG:
+    """DB15K (Liu et al. 2019) in the split of MyGO / NativE / AdaMF-MAT (zjukg); names and
+    descriptions joined through IMF's entity2fb.txt to FB15k-237's Wikidata file."""
+    base = src / "DB15K"
+    z = base / "zjukg_split"
+
+    def id_map(path: Path) -> dict[int, str]:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        out = {}
+        for lineno, line in enumerate(lines[1:], start=2):
+            key, _, idx = line.rpartition(" ")
+            if not key:
+                raise DataError(path, "expected '<uri> id'", lineno)
+            out[int(idx)] = key
+        return out
+
+    ents = id_map(z / "entity2id.txt")
+    rels = id_map(z / "relation2id.txt")
+
+    def ent_id(uri: str) -> str:
+        return uri.strip("<>").removeprefix("http://dbpedia.org/resource/")
+
+    splits: dict[str, list[Triple]] = {}
+    for split, fname in (("train", "train2id.txt"), ("valid", "valid2id.txt"), ("test", "test2id.txt")):
+        triples = []
+        lines = (z / fname).read_text(encoding="utf-8").splitlines()
+        for lineno, line in enumerate(lines[1:], start=2):
+            cols = line.split()
+            if len(cols) != 3:
+                raise DataError(z / fname, f"expected 'head tail relation', found {len(cols)} fields", lineno)
+            h, t, r = (int(c) for c in cols)  # OpenKE order: head tail relation
+            triples.append((ent_id(ents[h]), _db_relation_id(rels[r]), ent_id(ents[t])))
+        splits[split] = triples
+    wiki = _read_wikidata(src / "FB15k-237" / "entity2wikidata.json")
+    names: dict[str, str] = {}
+    descs: dict[str, str] = {}
+    for line in (base / "imf_split" / "entity2fb.txt").read_text(encoding="utf-8").splitlines():
+        uri, mid, _ = line.split(" ")
+        key = ent_id(uri)
+        w = wiki.get(mid) or {}
+        names[key] = (w.get("label") or key.replace("_", " ")).strip()
+        descs[key] = (w.get("description") or "").strip()
+    rel_names = {}
+    for rel in rels.values():
+        rid = _db_relation_id(rel)
+        rel_names[rid] = _words(rid.split(":", 1)[-1])
+    return RawKG(
+        name="db15k",
+        description="DB15K (Liu et al. 2019, MMKG), DBpedia; the split used by MyGO, NativE, AdaMF-MAT, MoMoK.",
+        splits=splits,
+        entity_names=names,
+        entity_descriptions=descs,
+        relation_names=rel_names,
+        default_modalities=["text"],
+        sources=[
+            "zjukg/NATIVE benchmarks/DB15K (train2id/valid2id/test2id, entity2id, relation2id)",
+            "HestiaSky/IMF-Pytorch dataset/DB15K/entity2fb.txt (MIT): DBpedia -> Freebase join",
+            "villmow/datasets_knowledge_embedding entity2wikidata.json (MIT): names, descriptions",
+        ],
+    )
+
+
+def read_wn9_img(src: Path) -> RawKG:
+    """WN9-IMG (Xie et al. 2017, IKRL); glosses from KG-BERT's WN18RR entity2text."""
+    base = src / "WN9-IMG"
+    splits: dict[str, list[Triple]] = {}
+    for split in ("train", "valid", "test"):
+        triples = []
+        for lineno, line in enumerate((base / f"{split}.txt").read_text(encoding="utf-8").splitlines(), start=1):
+            cols = line.split("\t")
+            if len(cols) != 3:
+                raise DataError(base / f"{split}.txt", f"expected 3 columns, found {len(cols)}", lineno)
+            h, t, r = cols  # IKRL order: head tail relation
+            triples.append((h, r, t))
+        splits[split] = triples
+    names = {}
+    descs = {}
+    for line in (base / "entity2text.txt").read_text(encoding="utf-8").splitlines():
+        wnid, text = line.split("\t", 1)
+        lemma, _, gloss = text.partition(", ")
+        names[wnid] = lemma.strip()
+        descs[wnid] = gloss.strip()
+    rel_names = {}
+    for line in (base / "relation2id.txt").read_text(encoding="utf-8").splitlines():
+        rel = line.split("\t")[0]
+        rel_names[rel] = rel.strip("_").replace("_", " ")
+    return RawKG(
+        name="wn9-img",
+        description="WN9-IMG (Xie et al. 2017, IKRL), WordNet; glosses from KG-BERT's WN18RR entity2text.",
+        splits=splits,
+        entity_names=names,
+        entity_descriptions=descs,
+        relation_names=rel_names,
+        default_modalities=["text", "visual"],
+        sources=[
+            "thunlp/IKRL data.rar (MIT): triples",
+            "yao8839836/kg-bert data/WN18RR/entity2text.txt (Apache-2.0): lemmas and glosses",
+            "EliSchwartz/imagenet-sample-images + wangmengsd/RSME (409 entities): visual features only, images not included",
+        ],
+    )
+
+
+READERS: dict[str, Callable[[Path], RawKG]] = {
+    "fb15k-237": read_fb15k_237,
+    "db15k": read_db15k,
+    "wn9-img": read_wn9_img,
+}
+assert set(READERS) == set(BUILTIN_DATASETS)
+
+
+def default_source_dir() -> Path:
+    """../shared/datasets beside the checkout (present on the project's machines only)."""
+    return Path(os.environ.get("IMF_SHARED_DATASETS", Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"))
+
+
+def build_builtin(name: str, source: Path | None = None, out: Path | None = None) -> Path:
+    """Convert the raw release of built-in dataset `name` into `out` (default data/NAME)."""
+    if name not in READERS:
+        raise UnknownNameError("dataset", name, READERS, list_known=True)
+    source = source or default_source_dir()
+    if not source.is_dir():
+        raise DataError(source, "raw dataset folder not found (pass --source)")
+    out = out or project_data_dir() / name
+    write_dataset(READERS[name](source), out)
+    return out

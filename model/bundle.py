@@ -1,0 +1,343 @@
+"""The checkpoint bundle: everything needed to serve a trained model, and nothing that unpickles.
+
+    artifacts/RUN/
+      manifest.json               format version, model + training config, modalities, dataset
+                                  fingerprint, metrics, model fingerprint, sha256 of every file
+      weights.safetensors         the model's state dict (feature matrices as float16 buffers)
+      entities.tsv                id <TAB> name <TAB> description, in model order
+      relations.tsv               id <TAB> name, in model order (reciprocals are id + R)
+      known_triples.safetensors   train / valid / test triples (n, 3) int64, for filtering
+      index/                      optional prebuilt FAISS index, tied to the model fingerprint
+
+`save_bundle` writes into a temporary sibling directory and renames it into place when every
+file is complete, so an interrupted run never leaves a half bundle. `load_bundle` checks the
+format version and the sha256 of every file against the manifest, and refuses anything corrupt,
+truncated or mismatched with a `BundleError` that names the file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from model import __version__
+from model.data import KGDataset
+from model.errors import BundleError, UnknownNameError
+from model.imf import IMF, IMFConfig
+from model.triples import AnswerIndex
+
+log = logging.getLogger(__name__)
+
+FORMAT = "imf-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+ENTITIES = "entities.tsv"
+RELATIONS = "relations.tsv"
+KNOWN = "known_triples.safetensors"
+REQUIRED_FILES = (WEIGHTS, ENTITIES, RELATIONS, KNOWN)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tsv(text: str) -> str:
+    return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
+def check_writable(out: Path, *, overwrite: bool) -> None:
+    """Fail early when `out` exists (and overwrite is off) or its parent cannot be created."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out}: already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise BundleError(f"{out.parent}: not writable")
+
+
+def save_bundle(
+    out: Path,
+    model: IMF,
+    dataset: KGDataset,
+    *,
+    training: dict,
+    metrics: dict,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle for `model` trained on `dataset` to `out`, atomically."""
+    out = Path(out)
+    check_writable(out, overwrite=overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        save_file(
+            {s: torch.from_numpy(np.ascontiguousarray(dataset.split(s), dtype=np.int64)) for s in ("train", "valid", "test")},
+            str(tmp / KNOWN),
+        )
+        (tmp / ENTITIES).write_text(
+            "".join(f"{_tsv(i)}\t{_tsv(n)}\t{_tsv(d)}\n" for i, n, d in zip(dataset.entity_ids, dataset.entity_names, dataset.entity_descriptions, strict=True)),
+            encoding="utf-8",
+        )
+        (tmp / RELATIONS).write_text(
+            "".join(f"{_tsv(i)}\t{_tsv(n)}\n" for i, n in zip(dataset.relation_ids, dataset.relation_names, strict=True)),
+            encoding="utf-8",
+        )
+        files = {name: sha256_file(tmp / name) for name in REQUIRED_FILES}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "library_version": __version__,
+            "model_config": model.cfg.to_dict(),
+            "branches": model.branches,
+            "modalities": {
+                m: {"dim": model.cfg.modalities[m], "coverage": int(model.present(m).sum())} for m in model.modalities
+            },
+            "training": training,
+            "dataset": {
+                "name": dataset.name,
+                "fingerprint": dataset.fingerprint,
+                "entities": dataset.num_entities,
+                "relations": dataset.num_relations,
+                "triples": {s: int(len(dataset.split(s))) for s in ("train", "valid", "test")},
+            },
+            "metrics": metrics,
+            "model_fingerprint": files[WEIGHTS],
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float), encoding="utf-8")
+        if out.exists():
+            # Replace an existing bundle: move it aside first so a failure leaves one intact copy.
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote bundle %s (model %s)", out, manifest["model_fingerprint"][:12])
+    return out
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle. `model` is in eval mode on the CPU."""
+
+    path: Path
+    manifest: dict
+    model: IMF
+    entity_ids: list[str]
+    entity_names: list[str]
+    entity_descriptions: list[str]
+    relation_ids: list[str]
+    relation_names: list[str]
+    triples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["model_fingerprint"])
+
+    @property
+    def num_relations(self) -> int:
+        return len(self.relation_ids)
+
+    @cached_property
+    def known(self) -> AnswerIndex:
+        """Every known triple (train + valid + test) as an answer index, for filtering."""
+        allt = np.concatenate([self.triples[s] for s in ("train", "valid", "test")])
+        return AnswerIndex(allt, len(self.entity_ids), self.num_relations)
+
+    @cached_property
+    def _entity_index(self) -> dict[str, int]:
+        return {e: i for i, e in enumerate(self.entity_ids)}
+
+    @cached_property
+    def _relation_index(self) -> dict[str, int]:
+        return {r: i for i, r in enumerate(self.relation_ids)}
+
+    @cached_property
+    def _entity_by_name(self) -> dict[str, int]:
+        """Lower-cased name -> entity; a name shared by several entities goes to the one with
+        the most training triples (deterministic, and the one a user most likely means)."""
+        degree = np.bincount(self.triples["train"][:, [0, 2]].ravel(), minlength=len(self.entity_ids))
+        out: dict[str, int] = {}
+        for i in np.argsort(-degree, kind="stable"):
+            out.setdefault(self.entity_names[i].lower(), int(i))
+        return out
+
+    @cached_property
+    def _relation_by_name(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i, n in enumerate(self.relation_names):
+            out.setdefault(n.lower(), i)
+        return out
+
+    def entity(self, key: str) -> int:
+        """Entity index from an id or an exact (case-insensitive) name; UnknownNameError else."""
+        if key in self._entity_index:
+            return self._entity_index[key]
+        hit = self._entity_by_name.get(key.strip().lower())
+        if hit is not None:
+            return hit
+        known = list(self._entity_by_name)
+        sugg = [self.entity_names[self._entity_by_name[s]] for s in _close(key.lower(), known)]
+        raise UnknownNameError("entity", key, [], suggestions=sugg)
+
+    def relation(self, key: str) -> int:
+        """Relation index (base, without reciprocal) from an id or exact name."""
+        if key in self._relation_index:
+            return self._relation_index[key]
+        hit = self._relation_by_name.get(key.strip().lower())
+        if hit is not None:
+            return hit
+        raise UnknownNameError("relation", key, self.relation_ids + self.relation_names)
+
+    def search_entities(self, query: str, limit: int = 10) -> list[int]:
+        """Entities whose name or id contains `query` (case-insensitive): exact matches first,
+        then prefix matches, then substring matches, each by number of training triples."""
+        q = query.strip().lower()
+        if not q:
+            return []
+        degree = self._degree
+        scored = []
+        for i, (eid, name) in enumerate(zip(self.entity_ids, self.entity_names, strict=True)):
+            low = name.lower()
+            if low == q or eid.lower() == q:
+                tier = 0
+            elif low.startswith(q):
+                tier = 1
+            elif q in low or q in eid.lower():
+                tier = 2
+            else:
+                continue
+            scored.append((tier, -int(degree[i]), i))
+        scored.sort()
+        return [i for _, _, i in scored[:limit]]
+
+    @cached_property
+    def _degree(self) -> np.ndarray:
+        return np.bincount(self.triples["train"][:, [0, 2]].ravel(), minlength=len(self.entity_ids))
+
+
+def _close(name: str, known: list[str], n: int = 5) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, known, n=n, cutoff=0.6)
+
+
+def _read_tsv(path: Path, min_cols: int) -> list[list[str]]:
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        cols = line.split("\t")
+        if len(cols) < min_cols:
+            raise BundleError(f"{path}:{lineno}: expected at least {min_cols} tab-separated columns")
+        rows.append(cols)
+    return rows
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest of the bundle at `path`, with format checks; BundleError otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle directory")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{mpath}: missing; not a bundle (or an interrupted write)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mpath}: corrupt JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{mpath}: not an {FORMAT} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{mpath}: format_version {version!r} is not supported (this library reads {FORMAT_VERSION})")
+    for key in ("model_config", "files", "model_fingerprint"):
+        if key not in manifest:
+            raise BundleError(f"{mpath}: field {key!r} missing")
+    return manifest
+
+
+def verify_files(path: Path, manifest: dict) -> None:
+    """Check every file listed in the manifest against its sha256 (catches truncation too)."""
+    files = manifest["files"]
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleError(f"{path / MANIFEST}: no checksum for {name}")
+    for name, digest in files.items():
+        fpath = path / name
+        if not fpath.is_file():
+            raise BundleError(f"{fpath}: missing")
+        if sha256_file(fpath) != digest:
+            raise BundleError(f"{fpath}: checksum mismatch (corrupt, truncated or replaced)")
+    if files[WEIGHTS] != manifest["model_fingerprint"]:
+        raise BundleError(f"{path / MANIFEST}: model_fingerprint does not match {WEIGHTS}")
+
+
+def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Load and verify a bundle; the model comes back in eval mode on the CPU."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if verify:
+        verify_files(path, manifest)
+    try:
+        cfg = IMFConfig(**manifest["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{path / MANIFEST}: invalid model_config: {exc}") from exc
+    try:
+        state = load_file(str(path / WEIGHTS))
+        known = load_file(str(path / KNOWN))
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{path}: cannot read safetensors file: {exc}") from exc
+    model = IMF(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"{path / WEIGHTS}: does not match model_config: {str(exc).splitlines()[0]}") from exc
+    model.eval()
+    ents = _read_tsv(path / ENTITIES, 2)
+    rels = _read_tsv(path / RELATIONS, 2)
+    if len(ents) != cfg.num_entities or len(rels) != cfg.num_relations:
+        raise BundleError(f"{path}: vocabulary sizes ({len(ents)} entities, {len(rels)} relations) do not match model_config")
+    triples = {}
+    for split in ("train", "valid", "test"):
+        if split not in known:
+            raise BundleError(f"{path / KNOWN}: split {split!r} missing")
+        arr = known[split].numpy()
+        if arr.ndim != 2 or arr.shape[1] != 3:
+            raise BundleError(f"{path / KNOWN}: split {split!r} has shape {arr.shape}, expected (n, 3)")
+        if len(arr) and (arr[:, [0, 2]].min() < 0 or arr[:, [0, 2]].max() >= cfg.num_entities or arr[:, 1].min() < 0 or arr[:, 1].max() >= cfg.num_relations):
+            raise BundleError(f"{path / KNOWN}: split {split!r} has ids out of range")
+        triples[split] = arr
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        model=model,
+        entity_ids=[r[0] for r in ents],
+        entity_names=[r[1] for r in ents],
+        entity_descriptions=[r[2] if len(r) > 2 else "" for r in ents],
+        relation_ids=[r[0] for r in rels],
+        relation_names=[r[1] for r in rels],
+        triples=triples,
+    )

@@ -1,0 +1,346 @@
+"""IMF: Interactive Multimodal Fusion for link prediction (Li et al., WWW 2023), as design.md §2.
+
+Branches. `structure` (a learned entity table), one branch per feature modality (`text`,
+`visual`, `numeric`, ...: any set), and `multimodal` (the fused branch) when at least one feature
+modality is present. Every branch b has an entity table C_b of shape (N, d) and its own TuckER
+decoder; the model's answer is a learned weighted average of the branch probabilities:
+
+    q_b(h, r)    = BN1_b( BN0_b(C_b[h]) @ M_b(r) ),   M_b(r) = reshape(R_b[r] @ W_b, (d, d))
+    s_b(h, r, t) = q_b(h, r) . C_b[t]                                        (branch logit)
+    p(h, r, t)   = sum_b w_b(r) * sigmoid(s_b(h, r, t)),   w(r) = softmax(alpha + A[r])
+
+Modality encoders: frozen features x_m (N, f_m) -> Linear(f_m, d), plus an optional per-entity
+residual (the capacity of the reference code's fine-tuned table, but defined for new entities
+too); entities lacking the modality use a learned `missing` vector instead of the projection.
+
+Fusion (stage 1): Tucker/MUTAN bilinear pooling of rank R over the structure and modality
+embeddings, for entities and (with a second net) for relations:
+    e_mm = ReLU( sum_k prod_m ReLU(W_mk e_m + b_mk) ).
+
+Relations are doubled: id r + num_relations is the reciprocal of r, used for head prediction
+(query (t, r^-1, ?)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+STRUCTURE = "structure"
+MULTIMODAL = "multimodal"
+FUSED = "fused"  # name of the decision-fusion output in metrics
+
+
+@dataclass
+class IMFConfig:
+    """Everything needed to rebuild the model from a bundle (stored in its manifest)."""
+
+    num_entities: int
+    num_relations: int  # base relations; the model holds 2x that (reciprocals)
+    modalities: dict[str, int] = field(default_factory=dict)  # feature modality -> input dim, ordered
+    dim: int = 200  # entity embedding size d
+    relation_dim: int = 200  # relation embedding size d_r (core tensor W_b: d_r x d x d)
+    fusion_rank: int = 2  # Tucker rank R of the bilinear fusion
+    input_dropout: float = 0.3
+    hidden_dropout1: float = 0.4
+    hidden_dropout2: float = 0.5
+    feature_residual: bool = True  # per-entity residual on top of each modality projection
+    decision_fusion: str = "learned"  # "learned": w(r) = softmax(alpha + A[r]); "equal": 1/B each
+
+    def __post_init__(self) -> None:
+        if self.decision_fusion not in ("learned", "equal"):
+            raise ValueError(f"decision_fusion must be 'learned' or 'equal', not {self.decision_fusion!r}")
+        for name in self.modalities:
+            if name in (STRUCTURE, MULTIMODAL, FUSED):
+                raise ValueError(f"modality name {name!r} is reserved")
+        if self.dim < 1 or self.relation_dim < 1 or self.fusion_rank < 1:
+            raise ValueError("dim, relation_dim and fusion_rank must be positive")
+
+    @property
+    def branches(self) -> list[str]:
+        mods = list(self.modalities)
+        return [STRUCTURE, *mods, MULTIMODAL] if mods else [STRUCTURE]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class BilinearFusion(nn.Module):
+    """Tucker-decomposed (MUTAN-style) fusion of M inputs of size d_in into one of size d_out.
+
+    out = ReLU( sum_{k<R} prod_m ReLU(W_mk x_m + b_mk) ); each W_m holds its R factors stacked.
+    """
+
+    def __init__(self, num_inputs: int, d_in: int, d_out: int, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+        self.d_out = d_out
+        self.factors = nn.ModuleList(nn.Linear(d_in, rank * d_out) for _ in range(num_inputs))
+
+    def forward(self, inputs: list[Tensor]) -> Tensor:
+        """inputs: M tensors of shape (n, d_in) -> (n, d_out)."""
+        prod: Tensor | None = None
+        for x, lin in zip(inputs, self.factors, strict=True):
+            z = F.relu(lin(x)).view(x.shape[0], self.rank, self.d_out)  # (n, R, d_out)
+            prod = z if prod is None else prod * z
+        assert prod is not None
+        return F.relu(prod.sum(dim=1))
+
+
+class TuckerDecoder(nn.Module):
+    """One branch's contextual relational decoder: q(h, r) = BN1(BN0(e_h) @ M(r))."""
+
+    def __init__(self, dim: int, relation_dim: int, cfg: IMFConfig) -> None:
+        super().__init__()
+        self.dim = dim
+        # Core tensor W: (d_r, d, d), initialised as in TuckER.
+        self.core = nn.Parameter(torch.empty(relation_dim, dim, dim).uniform_(-1.0, 1.0))
+        self.bn0 = nn.BatchNorm1d(dim)
+        self.bn1 = nn.BatchNorm1d(dim)
+        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        self.hidden_dropout1 = nn.Dropout(cfg.hidden_dropout1)
+        self.hidden_dropout2 = nn.Dropout(cfg.hidden_dropout2)
+
+    def relation_matrices(self, rel_emb: Tensor) -> Tensor:
+        """rel_emb: (U, d_r) -> M(r): (U, d, d)."""
+        d = self.dim
+        return (rel_emb @ self.core.view(self.core.shape[0], d * d)).view(-1, d, d)
+
+    def forward(self, head_emb: Tensor, rel_emb: Tensor, rel_ids: Tensor) -> Tensor:
+        """head_emb: (B, d); rel_emb: (U, d_r) for the distinct relations `unique(rel_ids)`;
+        rel_ids: (B,) index into rel_emb. Returns q: (B, d).
+
+        The relation matrix costs d_r*d*d per relation, so it is built once per distinct
+        relation in the batch (training groups batches by relation to keep U small), and the
+        batch is multiplied segment by segment instead of materialising a (B, d, d) tensor.
+        """
+        x = self.input_dropout(self.bn0(head_emb))  # (B, d)
+        mats = self.relation_matrices(rel_emb)  # (U, d, d)
+        order = torch.argsort(rel_ids, stable=True)
+        counts = torch.bincount(rel_ids, minlength=mats.shape[0]).tolist()
+        segments = torch.split(x[order], counts)
+        out_sorted = torch.cat([seg @ mats[u] for u, seg in enumerate(segments) if seg.shape[0]], dim=0)
+        out = out_sorted[torch.argsort(order)]  # back to batch order
+        out = self.hidden_dropout1(out)
+        out = self.bn1(out)
+        return self.hidden_dropout2(out)
+
+
+class IMF(nn.Module):
+    """The IMF model. See the module docstring for the math and names.
+
+    Feature matrices are buffers (stored in float16 in the bundle), so a bundle alone rebuilds
+    the model and serves every entity it was trained with.
+    """
+
+    def __init__(self, cfg: IMFConfig, features: dict[str, Tensor] | None = None, present: dict[str, Tensor] | None = None) -> None:
+        """features[m]: (N, f_m) float; present[m]: (N,) bool. Omitted when loading from a
+        bundle (the state dict then fills the buffers)."""
+        super().__init__()
+        self.cfg = cfg
+        n, d, dr = cfg.num_entities, cfg.dim, cfg.relation_dim
+        self.branches = cfg.branches
+        self.modalities = list(cfg.modalities)
+        num_rel = 2 * cfg.num_relations
+
+        self.entity = nn.Embedding(n, d)
+        nn.init.xavier_normal_(self.entity.weight)
+        # Relation embeddings of every branch that has its own (all but multimodal, which fuses them).
+        self.relation = nn.ModuleDict({b: nn.Embedding(num_rel, dr) for b in [STRUCTURE, *self.modalities]})
+        for emb in self.relation.values():
+            nn.init.xavier_normal_(emb.weight)
+
+        self.projection = nn.ModuleDict()
+        self.missing = nn.ParameterDict()
+        self.residual = nn.ModuleDict()
+        for m, f_dim in cfg.modalities.items():
+            feat = features[m] if features is not None else torch.zeros(n, f_dim)
+            pres = present[m] if present is not None else torch.zeros(n, dtype=torch.bool)
+            if feat.shape != (n, f_dim) or pres.shape != (n,):
+                raise ValueError(f"modality {m!r}: features {tuple(feat.shape)} / mask {tuple(pres.shape)} do not match ({n}, {f_dim})")
+            self.register_buffer(f"features_{m}", feat.to(torch.float16))
+            self.register_buffer(f"present_{m}", pres.to(torch.bool))
+            self.projection[m] = nn.Linear(f_dim, d)
+            self.missing[m] = nn.Parameter(torch.randn(d) * 0.1)
+            if cfg.feature_residual:
+                self.residual[m] = nn.Embedding(n, d)
+                nn.init.zeros_(self.residual[m].weight)
+
+        if self.modalities:
+            num_inputs = 1 + len(self.modalities)
+            self.entity_fusion = BilinearFusion(num_inputs, d, d, cfg.fusion_rank)
+            self.relation_fusion = BilinearFusion(num_inputs, dr, dr, cfg.fusion_rank)
+        self.decoders = nn.ModuleDict({b: TuckerDecoder(d, dr, cfg) for b in self.branches})
+
+        nb = len(self.branches)
+        self.alpha = nn.Parameter(torch.zeros(nb))  # global decision-fusion logits
+        self.relation_alpha = nn.Embedding(num_rel, nb)  # relation-specific part A[r]
+        nn.init.zeros_(self.relation_alpha.weight)
+        if cfg.decision_fusion == "equal":
+            self.alpha.requires_grad_(False)
+            self.relation_alpha.weight.requires_grad_(False)
+
+    # ---------------------------------------------------------------- embeddings
+
+    def present(self, modality: str) -> Tensor:
+        """(N,) bool: which entities have `modality`."""
+        return getattr(self, f"present_{modality}")
+
+    def modality_embeddings(self, modality: str, ids: Tensor | None = None) -> Tensor:
+        """Embeddings of one feature modality for entities `ids` (all when None): (n, d)."""
+        feats: Tensor = getattr(self, f"features_{modality}")
+        pres = self.present(modality)
+        if ids is not None:
+            feats, pres = feats[ids], pres[ids]
+        proj = self.projection[modality](feats.float())  # (n, d)
+        emb = torch.where(pres[:, None], proj, self.missing[modality].expand_as(proj))
+        if self.cfg.feature_residual:
+            res = self.residual[modality].weight if ids is None else self.residual[modality](ids)
+            emb = emb + res
+        return emb
+
+    def entity_tables(self, ids: Tensor | None = None) -> dict[str, Tensor]:
+        """Entity embeddings C_b of every branch for `ids` (all entities when None): (n, d) each."""
+        tables = {STRUCTURE: self.entity.weight if ids is None else self.entity(ids)}
+        for m in self.modalities:
+            tables[m] = self.modality_embeddings(m, ids)
+        if self.modalities:
+            tables[MULTIMODAL] = self.entity_fusion([tables[STRUCTURE], *(tables[m] for m in self.modalities)])
+        return tables
+
+    def relation_embeddings(self, rel_ids: Tensor) -> dict[str, Tensor]:
+        """Relation embeddings of every branch for `rel_ids` (with reciprocals): (U, d_r) each."""
+        rels = {b: self.relation[b](rel_ids) for b in [STRUCTURE, *self.modalities]}
+        if self.modalities:
+            rels[MULTIMODAL] = self.relation_fusion([rels[STRUCTURE], *(rels[m] for m in self.modalities)])
+        return rels
+
+    # ---------------------------------------------------------------- scoring
+
+    def decision_weights(self, rel_ids: Tensor) -> Tensor:
+        """w(r): (B, num_branches), rows sum to 1, columns in `self.branches` order."""
+        if self.cfg.decision_fusion == "equal":
+            nb = len(self.branches)
+            return torch.full((rel_ids.shape[0], nb), 1.0 / nb, device=rel_ids.device)
+        return torch.softmax(self.alpha + self.relation_alpha(rel_ids), dim=-1)
+
+    def query_vectors(self, heads: Tensor, rel_ids: Tensor, tables: dict[str, Tensor]) -> dict[str, Tensor]:
+        """q_b(h, r) for every branch: heads, rel_ids: (B,) -> (B, d) each.
+
+        `tables` are the full entity tables (from `entity_tables()`), so the head embedding is
+        the same row that scores the head as a candidate.
+        """
+        uniq, inverse = torch.unique(rel_ids, return_inverse=True)
+        rels = self.relation_embeddings(uniq)
+        return {b: self.decoders[b](tables[b][heads], rels[b], inverse) for b in self.branches}
+
+    def forward(self, heads: Tensor, rel_ids: Tensor) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
+        """1-N scoring. heads, rel_ids: (B,).
+
+        Returns (logits, weights, tables): logits[b] (B, N) branch logits s_b against every
+        entity; weights (B, num_branches) = w(r); tables the entity tables used (for the
+        contrastive loss).
+        """
+        tables = self.entity_tables()
+        queries = self.query_vectors(heads, rel_ids, tables)
+        logits = {b: queries[b] @ tables[b].T for b in self.branches}
+        return logits, self.decision_weights(rel_ids), tables
+
+    @staticmethod
+    def fuse(logits: dict[str, Tensor], weights: Tensor, branches: list[str]) -> Tensor:
+        """p = sum_b w_b sigmoid(s_b). logits[b]: (B, ...) ; weights: (B, nb) -> (B, ...)."""
+        p = None
+        for i, b in enumerate(branches):
+            w = weights[:, i].reshape(-1, *([1] * (logits[b].dim() - 1)))
+            term = w * torch.sigmoid(logits[b])
+            p = term if p is None else p + term
+        assert p is not None
+        return p
+
+    def score_candidates(
+        self,
+        heads: Tensor,
+        rel_ids: Tensor,
+        candidates: Tensor | None = None,
+        *,
+        tables: dict[str, Tensor] | None = None,
+        float64: bool = True,
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Exact scores. heads, rel_ids: (B,); candidates: (B, K) entity ids, or None for all N.
+
+        `tables` are precomputed `entity_tables()` (serving computes them once at start-up).
+        Returns (logits, weights, p): logits[b] (B, K), weights (B, nb), p (B, K) fused
+        probabilities. float64 keeps p from saturating to exactly 1.0 (ties) for confident
+        branches; the logits are float32 matmul results either way.
+        """
+        if tables is None:
+            tables = self.entity_tables()
+        queries = self.query_vectors(heads, rel_ids, tables)
+        if candidates is None:
+            logits = {b: queries[b] @ tables[b].T for b in self.branches}  # (B, N)
+        else:  # (B, d) . (B, K, d) -> (B, K)
+            logits = {b: torch.einsum("bd,bkd->bk", queries[b], tables[b][candidates]) for b in self.branches}
+        weights = self.decision_weights(rel_ids)
+        if float64:
+            p = self.fuse({b: v.double() for b, v in logits.items()}, weights.double(), self.branches)
+        else:
+            p = self.fuse(logits, weights, self.branches)
+        return logits, weights, p
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def smoothed_targets(labels: Tensor, smoothing: float) -> Tensor:
+    """Label smoothing for 1-N scoring: y' = (1 - eps) y + eps / N. labels: (B, N) in {0, 1}."""
+    n = labels.shape[-1]
+    return labels * (1.0 - smoothing) + smoothing / n
+
+
+def contrastive_loss(embeddings: dict[str, Tensor], present: dict[str, Tensor], temperature: float) -> Tensor:
+    """InfoNCE between the modality embeddings of the same entities.
+
+    embeddings[b]: (n, d) for the same n entities in every branch; present[b]: (n,) bool (entities
+    lacking a modality take no part in that modality's pairs). For every pair of branches (a, b)
+    the positives are the same entity in both, the negatives every other entity of the batch, in
+    both directions (a->b and b->a), with cosine similarity / temperature. Pairs with fewer than
+    two shared entities are skipped. Returns the mean over pairs (0 when no pair qualifies).
+    Unlike the reference code, each row is normalised over its own row of candidates, so the
+    gradient does not vanish as the batch grows.
+    """
+    names = list(embeddings)
+    losses = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = present[a] & present[b]
+            if int(both.sum()) < 2:
+                continue
+            za = F.normalize(embeddings[a][both], dim=-1)
+            zb = F.normalize(embeddings[b][both], dim=-1)
+            sim = za @ zb.T / temperature  # (n', n'), positives on the diagonal
+            target = torch.arange(sim.shape[0], device=sim.device)
+            losses.append(0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)))
+    if not losses:
+        first = next(iter(embeddings.values()))
+        return first.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+def expected_random_mrr(num_entities: int) -> float:
+    """MRR of a uniformly random ranker over N candidates: H_N / N."""
+    return sum(1.0 / k for k in range(1, num_entities + 1)) / num_entities if num_entities else 0.0
+
+
+__all__ = [
+    "FUSED",
+    "IMF",
+    "IMFConfig",
+    "MULTIMODAL",
+    "STRUCTURE",
+    "contrastive_loss",
+    "expected_random_mrr",
+    "smoothed_targets",
+]

@@ -1,0 +1,73 @@
+"""Exhaustive prediction: score every entity with the full model, filter known facts, take top-k.
+
+This is the slow, obviously correct path: `imf predict` uses it, and the service checks its
+retrieve-then-rescore path against it (and benchmarks against it as the baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.bundle import Bundle
+from model.imf import IMF
+from model.triples import AnswerIndex
+
+DIRECTIONS = ("tail", "head")
+
+
+@dataclass
+class Prediction:
+    entity: int
+    score: float
+    rank: int
+    known: bool
+
+
+def query_relation(relation: int, direction: str, num_relations: int) -> int:
+    """The relation id the model is asked with: r for tails, its reciprocal r + R for heads."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+    return relation if direction == "tail" else relation + num_relations
+
+
+def top_k_with_filter(scores: np.ndarray, known: np.ndarray, k: int, *, filter_known: bool) -> list[Prediction]:
+    """Top-k of one score vector. scores: (N,) or candidate scores; known: (N,) bool aligned.
+
+    Known answers are removed before the cut when `filter_known` (so k results come back while
+    candidates remain) or kept and flagged otherwise. Order: score descending, then entity id
+    ascending (deterministic under ties). Ids are the positions in `scores`.
+    """
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    if filter_known:
+        order = order[~known[order]]
+    order = order[:k]
+    return [Prediction(int(e), float(scores[e]), i + 1, bool(known[e])) for i, e in enumerate(order)]
+
+
+@torch.no_grad()
+def exhaustive_scores(model: IMF, entity: int, relation: int, tables: dict[str, Tensor] | None = None) -> np.ndarray:
+    """Fused probability p of every entity for one query (relation with reciprocal): (N,) float64."""
+    e = torch.tensor([entity])
+    r = torch.tensor([relation])
+    _, _, p = model.score_candidates(e, r, tables=tables)
+    return p[0].numpy()
+
+
+def predict(bundle: Bundle, head: str, relation: str, *, k: int = 10, direction: str = "tail", filter_known: bool = True) -> list[Prediction]:
+    """Exhaustive top-k for a query given by ids or names (see Bundle.entity / Bundle.relation)."""
+    e = bundle.entity(head)
+    r = query_relation(bundle.relation(relation), direction, bundle.num_relations)
+    scores = exhaustive_scores(bundle.model, e, r)
+    known = known_mask(bundle.known, e, r, len(scores))
+    return top_k_with_filter(scores, known, k, filter_known=filter_known)
+
+
+def known_mask(index: AnswerIndex, entity: int, relation: int, num_entities: int) -> np.ndarray:
+    """(N,) bool: True for the known answers of one query."""
+    mask = np.zeros(num_entities, dtype=bool)
+    mask[index.answers_of(entity, relation)] = True
+    return mask

@@ -1,0 +1,272 @@
+"""The model's math against slow, obviously correct references (loops and einsum), many seeds."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.imf import (
+    IMF,
+    MULTIMODAL,
+    STRUCTURE,
+    BilinearFusion,
+    IMFConfig,
+    contrastive_loss,
+    expected_random_mrr,
+    smoothed_targets,
+)
+
+SEEDS = [0, 1, 2, 3]
+
+
+def make_model(seed: int, *, n: int = 40, nrel: int = 5, mods: dict[str, int] | None = None, **kw) -> IMF:
+    torch.manual_seed(seed)
+    mods = {"text": 12, "visual": 7} if mods is None else mods
+    cfg = IMFConfig(num_entities=n, num_relations=nrel, modalities=mods, dim=16, relation_dim=6, **kw)
+    feats = {m: torch.randn(n, f) for m, f in mods.items()}
+    pres = {m: torch.rand(n) > 0.3 for m in mods}
+    model = IMF(cfg, feats, pres)
+    # Non-trivial batch-norm statistics and decision weights, so the references test something.
+    with torch.no_grad():
+        for dec in model.decoders.values():
+            for bn in (dec.bn0, dec.bn1):
+                bn.running_mean.normal_()
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.normal_()
+                bn.bias.normal_()
+        model.alpha.normal_()
+        model.relation_alpha.weight.normal_()
+    return model.eval()
+
+
+def slow_fusion(fusion: BilinearFusion, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Loop over entities, ranks and modalities: out = ReLU(sum_k prod_m ReLU(W_mk x_m + b_mk))."""
+    n = inputs[0].shape[0]
+    d_out = fusion.d_out
+    out = torch.zeros(n, d_out)
+    for i in range(n):
+        total = torch.zeros(d_out)
+        for k in range(fusion.rank):
+            prod = torch.ones(d_out)
+            for x, lin in zip(inputs, fusion.factors):
+                w = lin.weight[k * d_out:(k + 1) * d_out]  # (d_out, d_in)
+                b = lin.bias[k * d_out:(k + 1) * d_out]
+                prod = prod * torch.relu(w @ x[i] + b)
+            total = total + prod
+        out[i] = torch.relu(total)
+    return out
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bilinear_fusion_matches_loop(seed: int) -> None:
+    torch.manual_seed(seed)
+    fusion = BilinearFusion(num_inputs=3, d_in=5, d_out=4, rank=2)
+    inputs = [torch.randn(6, 5) for _ in range(3)]
+    torch.testing.assert_close(fusion(inputs), slow_fusion(fusion, inputs))
+
+
+def slow_query(model: IMF, branch: str, h: int, r: int) -> torch.Tensor:
+    """q_b(h, r) = BN1(BN0(C_b[h]) @ reshape(R_b[r] @ W_b, (d, d))), one query at a time (eval)."""
+    tables = model.entity_tables()
+    rels = model.relation_embeddings(torch.tensor([r]))
+    dec = model.decoders[branch]
+    d = model.cfg.dim
+    e = tables[branch][h]
+    x = (e - dec.bn0.running_mean) / torch.sqrt(dec.bn0.running_var + dec.bn0.eps) * dec.bn0.weight + dec.bn0.bias
+    core = torch.einsum("k,kij->ij", rels[branch][0], dec.core)  # (d, d)
+    assert core.shape == (d, d)
+    y = x @ core
+    return (y - dec.bn1.running_mean) / torch.sqrt(dec.bn1.running_var + dec.bn1.eps) * dec.bn1.weight + dec.bn1.bias
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_query_vectors_match_per_query_reference(seed: int) -> None:
+    model = make_model(seed)
+    g = torch.Generator().manual_seed(seed)
+    heads = torch.randint(0, 40, (23,), generator=g)
+    rels = torch.randint(0, 10, (23,), generator=g)  # includes reciprocals (>= 5)
+    with torch.no_grad():
+        q = model.query_vectors(heads, rels, model.entity_tables())
+        for b in model.branches:
+            ref = torch.stack([slow_query(model, b, int(h), int(r)) for h, r in zip(heads, rels)])
+            torch.testing.assert_close(q[b], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_scores_and_decision_fusion_match_loops(seed: int) -> None:
+    model = make_model(seed)
+    heads = torch.tensor([0, 5, 5, 39])
+    rels = torch.tensor([1, 1, 7, 9])
+    with torch.no_grad():
+        logits, weights, p = model.score_candidates(heads, rels)
+        tables = model.entity_tables()
+        q = model.query_vectors(heads, rels, tables)
+        for i, (h, r) in enumerate(zip(heads.tolist(), rels.tolist())):
+            w_ref = torch.softmax(model.alpha + model.relation_alpha.weight[r], dim=0)
+            torch.testing.assert_close(weights[i], w_ref)
+            assert float(weights[i].sum()) == pytest.approx(1.0, abs=1e-6)
+            for t in range(40):
+                p_ref = 0.0
+                for j, b in enumerate(model.branches):
+                    s = float(q[b][i] @ tables[b][t])
+                    assert float(logits[b][i, t]) == pytest.approx(s, rel=1e-4, abs=1e-4)
+                    p_ref += float(w_ref[j]) * (1.0 / (1.0 + torch.exp(torch.tensor(-s, dtype=torch.float64)).item()))
+                assert float(p[i, t]) == pytest.approx(p_ref, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_candidate_scoring_equals_full_scoring(seed: int) -> None:
+    model = make_model(seed)
+    heads = torch.tensor([3, 8, 8])
+    rels = torch.tensor([0, 2, 6])
+    cand = torch.randint(0, 40, (3, 11), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        full_logits, _, full_p = model.score_candidates(heads, rels)
+        logits, _, p = model.score_candidates(heads, rels, cand)
+    torch.testing.assert_close(p, torch.gather(full_p, 1, cand))
+    for b in model.branches:
+        torch.testing.assert_close(logits[b], torch.gather(full_logits[b], 1, cand), rtol=1e-5, atol=1e-5)
+
+
+def test_equal_weights_parity_mode() -> None:
+    model = make_model(0, decision_fusion="equal")
+    w = model.decision_weights(torch.tensor([0, 3, 9]))
+    torch.testing.assert_close(w, torch.full((3, 4), 0.25))
+    assert not model.alpha.requires_grad and not model.relation_alpha.weight.requires_grad
+
+
+def test_branches_follow_modalities() -> None:
+    assert make_model(0).branches == [STRUCTURE, "text", "visual", MULTIMODAL]
+    structure_only = make_model(0, mods={})
+    assert structure_only.branches == [STRUCTURE]
+    with torch.no_grad():
+        _, w, p = structure_only.score_candidates(torch.tensor([1]), torch.tensor([2]))
+    torch.testing.assert_close(w, torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_missing_modality_uses_learned_vector(residual: bool) -> None:
+    model = make_model(1, feature_residual=residual)
+    pres = model.present("text")
+    absent = int(torch.nonzero(~pres)[0])
+    present = int(torch.nonzero(pres)[0])
+    with torch.no_grad():
+        if residual:
+            model.residual["text"].weight.normal_()
+        before = model.modality_embeddings("text")
+        model.features_text[absent] = 100.0  # a placeholder row must have no effect
+        model.features_text[present] += 1.0
+        after = model.modality_embeddings("text")
+    torch.testing.assert_close(before[absent], after[absent])
+    assert not torch.allclose(before[present], after[present])
+    expected = model.missing["text"] + (model.residual["text"].weight[absent] if residual else 0.0)
+    torch.testing.assert_close(after[absent], expected)
+
+
+def test_training_forward_shapes_and_gradients_reach_every_parameter() -> None:
+    model = make_model(2).train()
+    logits, weights, tables = model(torch.tensor([1, 2, 3, 4]), torch.tensor([0, 0, 6, 9]))
+    assert set(logits) == set(model.branches)
+    assert all(v.shape == (4, 40) for v in logits.values())
+    loss = sum(F.binary_cross_entropy_with_logits(v, torch.zeros_like(v)) for v in logits.values())
+    loss = loss + F.binary_cross_entropy(IMF.fuse(logits, weights, model.branches).clamp(1e-7, 1 - 1e-7), torch.zeros(4, 40))
+    loss.backward()
+    # Relation-specific weights only get gradient for the relations in the batch; all else must.
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert no_grad == [], no_grad
+
+
+def test_smoothed_targets() -> None:
+    y = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(smoothed_targets(y, 0.1), torch.tensor([[0.925, 0.025, 0.025, 0.025]]))
+
+
+def slow_infonce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """Mean over rows and both directions of -log softmax(sim_i / tau)[i], with explicit loops."""
+    a = a / a.norm(dim=1, keepdim=True)
+    b = b / b.norm(dim=1, keepdim=True)
+    n = a.shape[0]
+    total = torch.tensor(0.0, dtype=torch.float64)
+    for x, y in ((a, b), (b, a)):
+        for i in range(n):
+            sims = torch.stack([(x[i] @ y[j]) / tau for j in range(n)]).double()
+            total = total - (sims[i] - torch.logsumexp(sims, dim=0))
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_contrastive_matches_reference_and_averages_pairs(seed: int) -> None:
+    torch.manual_seed(seed)
+    emb = {k: torch.randn(9, 6) for k in ("structure", "text", "visual")}
+    pres = {"structure": torch.ones(9, dtype=torch.bool), "text": torch.ones(9, dtype=torch.bool), "visual": torch.rand(9) > 0.4}
+    pres["visual"][:2] = True
+    got = contrastive_loss(emb, pres, 0.2)
+    refs = []
+    for a, b in itertools.combinations(emb, 2):
+        both = pres[a] & pres[b]
+        refs.append(slow_infonce(emb[a][both], emb[b][both], 0.2))
+    assert float(got.detach()) == pytest.approx(float(torch.stack(refs).mean()), rel=1e-5)
+
+
+def test_contrastive_falls_as_modalities_align_and_gradient_does_not_vanish() -> None:
+    torch.manual_seed(0)
+    n, d = 256, 32
+    base = torch.randn(n, d)
+    noise = torch.randn(n, d)
+    ones = torch.ones(n, dtype=torch.bool)
+    losses = []
+    for mix in (1.0, 0.7, 0.4, 0.1, 0.0):  # 0 = the text embedding equals the structure one
+        text = (1 - mix) * base + mix * noise
+        losses.append(float(contrastive_loss({"structure": base, "text": text}, {"structure": ones, "text": ones}, 0.1)))
+    assert all(x > y for x, y in zip(losses, losses[1:])), losses
+    assert losses[0] > 0.8 * torch.log(torch.tensor(float(n))).item()  # unaligned: near log(n)
+    assert losses[-1] < 0.1 * losses[0]  # aligned: far below log(n)
+    # Optimising the loss alone aligns randomly initialised embeddings.
+    s = torch.randn(n, d, requires_grad=True)
+    t = torch.randn(n, d, requires_grad=True)
+    opt = torch.optim.Adam([s, t], lr=0.05)
+    first = None
+    for _ in range(60):
+        loss = contrastive_loss({"structure": s, "text": t}, {"structure": ones, "text": ones}, 0.1)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        grad_norm = float(torch.cat([s.grad.flatten(), t.grad.flatten()]).norm())
+        assert grad_norm > 1e-4  # the reference code's version has a vanishing gradient here
+        opt.step()
+    assert float(loss.detach()) < 0.2 * first
+
+
+@pytest.mark.parametrize("batch", [8, 64, 512])
+def test_contrastive_gradient_does_not_shrink_with_batch_size(batch: int) -> None:
+    torch.manual_seed(batch)
+    s = torch.randn(batch, 16, requires_grad=True)
+    t = torch.randn(batch, 16)
+    ones = torch.ones(batch, dtype=torch.bool)
+    contrastive_loss({"structure": s, "text": t}, {"structure": ones, "text": ones}, 0.1).backward()
+    # Per-entity gradient norm stays O(1/batch) per row * batch rows => mean row norm ~ 1/batch * batch
+    row_norm = float(s.grad.norm(dim=1).mean()) * batch
+    assert row_norm > 0.5
+
+
+def test_contrastive_skips_pairs_without_shared_entities() -> None:
+    emb = {"structure": torch.randn(4, 3, requires_grad=True), "text": torch.randn(4, 3)}
+    pres = {"structure": torch.ones(4, dtype=torch.bool), "text": torch.tensor([True, False, False, False])}
+    loss = contrastive_loss(emb, pres, 0.1)
+    assert float(loss.detach()) == 0.0
+    loss.backward()  # still differentiable
+
+
+def test_expected_random_mrr() -> None:
+    assert expected_random_mrr(1) == 1.0
+    assert expected_random_mrr(4) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="decision_fusion"):
+        IMFConfig(num_entities=2, num_relations=1, decision_fusion="mean")
+    with pytest.raises(ValueError, match="reserved"):
+        IMFConfig(num_entities=2, num_relations=1, modalities={"structure": 3})

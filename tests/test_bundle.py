@@ -1,0 +1,164 @@
+"""The bundle: identical scores after a round trip; corrupt, truncated or mismatched bundles are
+refused with a clear error; writes are atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import model.bundle as bundle_mod
+from model.bundle import load_bundle, save_bundle
+from model.data import load_dataset
+from model.errors import BundleError, UnknownNameError
+from model.train import TrainConfig, train
+
+
+@pytest.fixture()
+def trained(tiny_dataset: Path):
+    ds = load_dataset(tiny_dataset)
+    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=4), ds, progress=False, dim=8, relation_dim=4)
+    return result, ds
+
+
+@pytest.fixture()
+def saved(trained, tmp_path: Path) -> Path:
+    result, ds = trained
+    return save_bundle(tmp_path / "run", result.model, ds, training={"epochs": 2}, metrics={"valid": result.valid_metrics})
+
+
+def test_round_trip_gives_identical_scores(trained, saved: Path) -> None:
+    result, ds = trained
+    b = load_bundle(saved)
+    heads = torch.arange(ds.num_entities)
+    rels = torch.arange(ds.num_entities) % (2 * ds.num_relations)
+    with torch.no_grad():
+        l1, w1, p1 = result.model.eval().score_candidates(heads, rels)
+        l2, w2, p2 = b.model.score_candidates(heads, rels)
+    assert torch.equal(p1, p2) and torch.equal(w1, w2)
+    assert all(torch.equal(l1[k], l2[k]) for k in l1)
+    assert b.entity_ids == ds.entity_ids and b.entity_names == ds.entity_names
+    assert np.array_equal(b.triples["test"], ds.test)
+    m = b.manifest
+    assert m["format_version"] == 1 and m["dataset"]["fingerprint"] == ds.fingerprint
+    assert m["model_fingerprint"] == m["files"]["weights.safetensors"]
+    assert m["modalities"] == {"text": {"dim": 5, "coverage": 4}}
+    assert m["model_config"]["dim"] == 8
+
+
+def test_names_and_ids_resolve(saved: Path) -> None:
+    b = load_bundle(saved)
+    assert b.entity("a") == 0
+    assert b.entity("Entity B") == 1 and b.entity("entity b") == 1
+    assert b.relation("likes") == 0
+    with pytest.raises(UnknownNameError) as info:
+        b.entity("Entity Q")
+    assert "Entity A" in info.value.suggestions or info.value.suggestions
+    with pytest.raises(UnknownNameError):
+        b.relation("hates")
+    assert b.search_entities("entity", limit=3) and b.search_entities("zzz") == []
+
+
+def test_weights_are_safetensors_not_pickle(saved: Path) -> None:
+    head = (saved / "weights.safetensors").read_bytes()[:8]
+    n = int.from_bytes(head, "little")
+    header = json.loads((saved / "weights.safetensors").read_bytes()[8:8 + n])
+    assert "entity.weight" in header
+
+
+def flip_byte(path: Path, offset: int = -10) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "entities.tsv", "known_triples.safetensors"])
+def test_corrupt_file_is_refused(saved: Path, name: str) -> None:
+    flip_byte(saved / name)
+    with pytest.raises(BundleError, match=f"{name}: checksum mismatch"):
+        load_bundle(saved)
+
+
+def test_truncated_weights_are_refused(saved: Path) -> None:
+    w = saved / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        load_bundle(saved)
+    with pytest.raises(BundleError, match="cannot read safetensors"):
+        load_bundle(saved, verify=False)
+
+
+def test_missing_file_and_manifest(saved: Path, tmp_path: Path) -> None:
+    (saved / "relations.tsv").unlink()
+    with pytest.raises(BundleError, match="relations.tsv: missing"):
+        load_bundle(saved)
+    (saved / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="manifest.json: missing"):
+        load_bundle(saved)
+    with pytest.raises(BundleError, match="no such bundle"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def edit_manifest(path: Path, fn) -> None:
+    m = json.loads((path / "manifest.json").read_text())
+    fn(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_format_version_and_config_mismatch(saved: Path) -> None:
+    edit_manifest(saved, lambda m: m.update(format_version=99))
+    with pytest.raises(BundleError, match="format_version 99 is not supported"):
+        load_bundle(saved)
+    edit_manifest(saved, lambda m: m.update(format_version=1))
+    edit_manifest(saved, lambda m: m["model_config"].update(dim=16))
+    with pytest.raises(BundleError, match="does not match model_config"):
+        load_bundle(saved)
+    edit_manifest(saved, lambda m: m["model_config"].update(dim=8, decision_fusion="bogus"))
+    with pytest.raises(BundleError, match="invalid model_config"):
+        load_bundle(saved)
+
+
+def test_fingerprint_must_match_weights(saved: Path) -> None:
+    edit_manifest(saved, lambda m: m.update(model_fingerprint="0" * 64))
+    with pytest.raises(BundleError, match="model_fingerprint"):
+        load_bundle(saved)
+
+
+def test_corrupt_manifest_json(saved: Path) -> None:
+    (saved / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="corrupt JSON"):
+        load_bundle(saved)
+
+
+def test_interrupted_write_leaves_nothing(trained, tmp_path: Path, monkeypatch) -> None:
+    result, ds = trained
+    real = bundle_mod.save_file
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # after the weights, while writing the known triples
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bundle_mod, "save_file", failing)
+    (tmp_path / "artifacts").mkdir()
+    with pytest.raises(OSError, match="disk full"):
+        save_bundle(tmp_path / "artifacts" / "run", result.model, ds, training={}, metrics={})
+    assert os.listdir(tmp_path / "artifacts") == []
+
+
+def test_existing_bundle_needs_overwrite(trained, saved: Path) -> None:
+    result, ds = trained
+    with pytest.raises(BundleError, match="already exists"):
+        save_bundle(saved, result.model, ds, training={}, metrics={})
+    before = load_bundle(saved).fingerprint
+    with torch.no_grad():
+        result.model.entity.weight.add_(1.0)
+    save_bundle(saved, result.model, ds, training={}, metrics={}, overwrite=True)
+    assert load_bundle(saved).fingerprint != before
+    assert [n for n in os.listdir(saved.parent) if "run" in n] == ["run"]  # no temp or old copies left

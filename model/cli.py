@@ -57,6 +57,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contrastive-weight", type=float, default=0.1, help="lambda; 0 disables the contrastive loss")
     p.add_argument("--temperature", type=float, default=0.1, help="tau of the contrastive loss")
     p.add_argument("--fusion-rank", type=_positive_int, default=2, help="Tucker rank R of the bilinear fusion")
+    p.add_argument("--fusion-activation", choices=("tanh", "relu"), default="tanh", help="factor activation of the bilinear fusion (relu: design.md's formula)")
     p.add_argument("--decision-fusion", choices=("learned", "equal"), default="learned")
     p.add_argument("--no-residual", dest="feature_residual", action="store_false", help="no per-entity residual on modality projections")
     p.add_argument("--input-dropout", type=_fraction, default=0.3)
@@ -108,6 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dim=args.dim,
         relation_dim=args.relation_dim or args.dim,
         fusion_rank=args.fusion_rank,
+        fusion_activation=args.fusion_activation,
         decision_fusion=args.decision_fusion,
         feature_residual=args.feature_residual,
         input_dropout=args.input_dropout,

@@ -160,7 +160,7 @@ def _read_table(path: Path, min_cols: int, max_cols: int) -> list[tuple[int, lis
     return rows
 
 
-def _read_vocab(path: Path, kind: str) -> tuple[list[str], list[str], list[str]]:
+def read_vocab(path: Path, kind: str) -> tuple[list[str], list[str], list[str]]:
     """ids, names, descriptions from an `entities.tsv` / `relations.tsv` file."""
     ids: list[str] = []
     names: list[str] = []
@@ -315,13 +315,13 @@ def load_dataset(name_or_dir: str | Path, *, with_features: bool = True) -> KGDa
     ent_descs: list[str] = []
     ent_file = find_file(root, "entities.tsv")
     if ent_file:
-        ent_ids, ent_names, ent_descs = _read_vocab(ent_file, "entity")
+        ent_ids, ent_names, ent_descs = read_vocab(ent_file, "entity")
         used.append(ent_file)
     rel_ids: list[str] = []
     rel_names: list[str] = []
     rel_file = find_file(root, "relations.tsv")
     if rel_file:
-        rel_ids, rel_names, _ = _read_vocab(rel_file, "relation")
+        rel_ids, rel_names, _ = read_vocab(rel_file, "relation")
         used.append(rel_file)
     ent_index = {k: i for i, k in enumerate(ent_ids)}
     rel_index = {k: i for i, k in enumerate(rel_ids)}

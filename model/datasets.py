@@ -92,8 +92,8 @@ def _atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
     def write(tmp: Path) -> None:
         if path.suffix == ".gz":
-            # mtime=0 keeps the committed file byte-identical across rebuilds.
-            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz:
+            # mtime=0 and no stored file name keep the committed file byte-identical across rebuilds.
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz:
                 gz.write("".join(f"{line}\n" for line in lines).encode("utf-8"))
         else:
             tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")

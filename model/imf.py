@@ -15,7 +15,8 @@ too); entities lacking the modality use a learned `missing` vector instead of th
 
 Fusion (stage 1): Tucker/MUTAN bilinear pooling of rank R over the structure and modality
 embeddings, for entities and (with a second net) for relations:
-    e_mm = ReLU( sum_k prod_m ReLU(W_mk e_m + b_mk) ).
+    e_mm = sum_k prod_m tanh(W_mk e_m + b_mk)           (default, MUTAN's activation)
+    e_mm = ReLU( sum_k prod_m ReLU(W_mk e_m + b_mk) )   (fusion_activation="relu", design.md)
 
 Relations are doubled: id r + num_relations is the reciprocal of r, used for head prediction
 (query (t, r^-1, ?)).
@@ -44,6 +45,7 @@ class IMFConfig:
     dim: int = 200  # entity embedding size d
     relation_dim: int = 200  # relation embedding size d_r (core tensor W_b: d_r x d x d)
     fusion_rank: int = 2  # Tucker rank R of the bilinear fusion
+    fusion_activation: str = "tanh"  # "tanh" (MUTAN) or "relu" (design.md's formula); see BilinearFusion
     input_dropout: float = 0.3
     hidden_dropout1: float = 0.4
     hidden_dropout2: float = 0.5
@@ -51,6 +53,8 @@ class IMFConfig:
     decision_fusion: str = "learned"  # "learned": w(r) = softmax(alpha + A[r]); "equal": 1/B each
 
     def __post_init__(self) -> None:
+        if self.fusion_activation not in ("tanh", "relu"):
+            raise ValueError(f"fusion_activation must be 'tanh' or 'relu', not {self.fusion_activation!r}")
         if self.decision_fusion not in ("learned", "equal"):
             raise ValueError(f"decision_fusion must be 'learned' or 'equal', not {self.decision_fusion!r}")
         for name in self.modalities:
@@ -71,23 +75,31 @@ class IMFConfig:
 class BilinearFusion(nn.Module):
     """Tucker-decomposed (MUTAN-style) fusion of M inputs of size d_in into one of size d_out.
 
-    out = ReLU( sum_{k<R} prod_m ReLU(W_mk x_m + b_mk) ); each W_m holds its R factors stacked.
+    activation "relu" (design.md's formula):  out = ReLU( sum_k prod_m ReLU(W_mk x_m + b_mk) )
+    activation "tanh" (MUTAN's own choice):   out = sum_k prod_m tanh(W_mk x_m + b_mk)
+
+    Each W_m holds its R factors stacked. With ReLU factors the product of M >= 2 non-negative,
+    mostly-zero vectors leaves the fused table sparse and nearly constant across entities; on
+    FB15k-237 its branch then barely learns (docs/benchmarks.md), so "tanh" is the default.
     """
 
-    def __init__(self, num_inputs: int, d_in: int, d_out: int, rank: int) -> None:
+    def __init__(self, num_inputs: int, d_in: int, d_out: int, rank: int, activation: str = "tanh") -> None:
         super().__init__()
         self.rank = rank
         self.d_out = d_out
+        self.activation = activation
         self.factors = nn.ModuleList(nn.Linear(d_in, rank * d_out) for _ in range(num_inputs))
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         """inputs: M tensors of shape (n, d_in) -> (n, d_out)."""
+        act = F.relu if self.activation == "relu" else torch.tanh
         prod: Tensor | None = None
         for x, lin in zip(inputs, self.factors, strict=True):
-            z = F.relu(lin(x)).view(x.shape[0], self.rank, self.d_out)  # (n, R, d_out)
+            z = act(lin(x)).view(x.shape[0], self.rank, self.d_out)  # (n, R, d_out)
             prod = z if prod is None else prod * z
         assert prod is not None
-        return F.relu(prod.sum(dim=1))
+        out = prod.sum(dim=1)
+        return F.relu(out) if self.activation == "relu" else out
 
 
 class TuckerDecoder(nn.Module):
@@ -105,9 +117,14 @@ class TuckerDecoder(nn.Module):
         self.hidden_dropout2 = nn.Dropout(cfg.hidden_dropout2)
 
     def relation_matrices(self, rel_emb: Tensor) -> Tensor:
-        """rel_emb: (U, d_r) -> M(r): (U, d, d)."""
+        """rel_emb: (U, d_r) -> M(r): (U, d, d).
+
+        Computed in float32 even under autocast: casting the whole d_r x d x d core to bf16 on
+        every step costs more than this small product over the U relations of a batch.
+        """
         d = self.dim
-        return (rel_emb @ self.core.view(self.core.shape[0], d * d)).view(-1, d, d)
+        with torch.autocast(rel_emb.device.type, enabled=False):
+            return (rel_emb.float() @ self.core.view(self.core.shape[0], d * d)).view(-1, d, d)
 
     def forward(self, head_emb: Tensor, rel_emb: Tensor, rel_ids: Tensor) -> Tensor:
         """head_emb: (B, d); rel_emb: (U, d_r) for the distinct relations `unique(rel_ids)`;
@@ -171,8 +188,8 @@ class IMF(nn.Module):
 
         if self.modalities:
             num_inputs = 1 + len(self.modalities)
-            self.entity_fusion = BilinearFusion(num_inputs, d, d, cfg.fusion_rank)
-            self.relation_fusion = BilinearFusion(num_inputs, dr, dr, cfg.fusion_rank)
+            self.entity_fusion = BilinearFusion(num_inputs, d, d, cfg.fusion_rank, cfg.fusion_activation)
+            self.relation_fusion = BilinearFusion(num_inputs, dr, dr, cfg.fusion_rank, cfg.fusion_activation)
         self.decoders = nn.ModuleDict({b: TuckerDecoder(d, dr, cfg) for b in self.branches})
 
         nb = len(self.branches)
@@ -294,41 +311,6 @@ class IMF(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def smoothed_targets(labels: Tensor, smoothing: float) -> Tensor:
-    """Label smoothing for 1-N scoring: y' = (1 - eps) y + eps / N. labels: (B, N) in {0, 1}."""
-    n = labels.shape[-1]
-    return labels * (1.0 - smoothing) + smoothing / n
-
-
-def contrastive_loss(embeddings: dict[str, Tensor], present: dict[str, Tensor], temperature: float) -> Tensor:
-    """InfoNCE between the modality embeddings of the same entities.
-
-    embeddings[b]: (n, d) for the same n entities in every branch; present[b]: (n,) bool (entities
-    lacking a modality take no part in that modality's pairs). For every pair of branches (a, b)
-    the positives are the same entity in both, the negatives every other entity of the batch, in
-    both directions (a->b and b->a), with cosine similarity / temperature. Pairs with fewer than
-    two shared entities are skipped. Returns the mean over pairs (0 when no pair qualifies).
-    Unlike the reference code, each row is normalised over its own row of candidates, so the
-    gradient does not vanish as the batch grows.
-    """
-    names = list(embeddings)
-    losses = []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            both = present[a] & present[b]
-            if int(both.sum()) < 2:
-                continue
-            za = F.normalize(embeddings[a][both], dim=-1)
-            zb = F.normalize(embeddings[b][both], dim=-1)
-            sim = za @ zb.T / temperature  # (n', n'), positives on the diagonal
-            target = torch.arange(sim.shape[0], device=sim.device)
-            losses.append(0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)))
-    if not losses:
-        first = next(iter(embeddings.values()))
-        return first.sum() * 0.0
-    return torch.stack(losses).mean()
-
-
 def expected_random_mrr(num_entities: int) -> float:
     """MRR of a uniformly random ranker over N candidates: H_N / N."""
     return sum(1.0 / k for k in range(1, num_entities + 1)) / num_entities if num_entities else 0.0
@@ -340,7 +322,5 @@ __all__ = [
     "IMFConfig",
     "MULTIMODAL",
     "STRUCTURE",
-    "contrastive_loss",
     "expected_random_mrr",
-    "smoothed_targets",
 ]

@@ -53,6 +53,8 @@ def export_dataset(ds: KGDataset, root: Path, entities: np.ndarray) -> Path:
     feats = {}
     for mod, f in ds.features.items():
         ids = [i for i in order if f.present[i]]
+        if not ids:
+            continue
         feats[mod] = (f.matrix[ids].astype(np.float16), [ds.entity_ids[i] for i in ids])
     write_dataset(
         root, train, valid, test,

@@ -14,10 +14,9 @@ from model.imf import (
     STRUCTURE,
     BilinearFusion,
     IMFConfig,
-    contrastive_loss,
     expected_random_mrr,
-    smoothed_targets,
 )
+from model.losses import contrastive_loss, smoothed_targets
 
 SEEDS = [0, 1, 2, 3]
 
@@ -43,7 +42,9 @@ def make_model(seed: int, *, n: int = 40, nrel: int = 5, mods: dict[str, int] | 
 
 
 def slow_fusion(fusion: BilinearFusion, inputs: list[torch.Tensor]) -> torch.Tensor:
-    """Loop over entities, ranks and modalities: out = ReLU(sum_k prod_m ReLU(W_mk x_m + b_mk))."""
+    """Loop over entities, ranks and modalities: out = ReLU(sum_k prod_m ReLU(W_mk x_m + b_mk)),
+    or sum_k prod_m tanh(W_mk x_m + b_mk) for the tanh activation."""
+    act = torch.relu if fusion.activation == "relu" else torch.tanh
     n = inputs[0].shape[0]
     d_out = fusion.d_out
     out = torch.zeros(n, d_out)
@@ -54,16 +55,17 @@ def slow_fusion(fusion: BilinearFusion, inputs: list[torch.Tensor]) -> torch.Ten
             for x, lin in zip(inputs, fusion.factors):
                 w = lin.weight[k * d_out:(k + 1) * d_out]  # (d_out, d_in)
                 b = lin.bias[k * d_out:(k + 1) * d_out]
-                prod = prod * torch.relu(w @ x[i] + b)
+                prod = prod * act(w @ x[i] + b)
             total = total + prod
-        out[i] = torch.relu(total)
+        out[i] = torch.relu(total) if fusion.activation == "relu" else total
     return out
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_bilinear_fusion_matches_loop(seed: int) -> None:
+def test_bilinear_fusion_matches_loop(seed: int, activation: str) -> None:
     torch.manual_seed(seed)
-    fusion = BilinearFusion(num_inputs=3, d_in=5, d_out=4, rank=2)
+    fusion = BilinearFusion(num_inputs=3, d_in=5, d_out=4, rank=2, activation=activation)
     inputs = [torch.randn(6, 5) for _ in range(3)]
     torch.testing.assert_close(fusion(inputs), slow_fusion(fusion, inputs))
 

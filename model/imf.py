@@ -103,7 +103,8 @@ class BilinearFusion(nn.Module):
 
 
 class TuckerDecoder(nn.Module):
-    """One branch's contextual relational decoder: q(h, r) = BN1(BN0(e_h) @ M(r))."""
+    """One branch's contextual relational decoder: q(h, r) = BN1(BN0(e_h) @ M(r)), with TuckER's
+    three dropouts (on BN0's output, on the entries of M(r), on BN1's output)."""
 
     def __init__(self, dim: int, relation_dim: int, cfg: IMFConfig) -> None:
         super().__init__()
@@ -135,13 +136,19 @@ class TuckerDecoder(nn.Module):
         batch is multiplied segment by segment instead of materialising a (B, d, d) tensor.
         """
         x = self.input_dropout(self.bn0(head_emb))  # (B, d)
-        mats = self.relation_matrices(rel_emb)  # (U, d, d)
-        order = torch.argsort(rel_ids, stable=True)
-        counts = torch.bincount(rel_ids, minlength=mats.shape[0]).tolist()
-        segments = torch.split(x[order], counts)
-        out_sorted = torch.cat([seg @ mats[u] for u, seg in enumerate(segments) if seg.shape[0]], dim=0)
-        out = out_sorted[torch.argsort(order)]  # back to batch order
-        out = self.hidden_dropout1(out)
+        # TuckER drops entries of the relation matrix W(r) (DropConnect), not output units: each
+        # output then keeps most of its d inputs. One mask per distinct relation per batch keeps
+        # this cheap (U x d x d instead of B x d x d).
+        mats = self.hidden_dropout1(self.relation_matrices(rel_emb))  # (U, d, d)
+        if x.is_cuda:
+            # On a GPU a gathered batched product beats the segment loop (which needs a host sync).
+            out = torch.bmm(x.unsqueeze(1), mats[rel_ids]).squeeze(1)
+        else:
+            order = torch.argsort(rel_ids, stable=True)
+            counts = torch.bincount(rel_ids, minlength=mats.shape[0]).tolist()
+            segments = torch.split(x[order], counts)
+            out_sorted = torch.cat([seg @ mats[u] for u, seg in enumerate(segments) if seg.shape[0]], dim=0)
+            out = out_sorted[torch.argsort(order)]  # back to batch order
         out = self.bn1(out)
         return self.hidden_dropout2(out)
 

@@ -37,7 +37,7 @@ def run_specs(dataset: str) -> dict[str, list[str]]:
         "imf": [],
         "structure-only": ["--modalities", "none"],
         "no-contrastive": ["--contrastive-weight", "0"],
-        "contrastive-x10": ["--contrastive-weight", "0.01"],
+        "contrastive-x10": ["--contrastive-weight", "0.1"],
         "equal-weights": ["--decision-fusion", "equal"],
         "relu-fusion": ["--fusion-activation", "relu"],
     }

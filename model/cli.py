@@ -54,7 +54,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--lr-decay", type=float, default=1.0, help="per-epoch multiplicative learning-rate decay")
     p.add_argument("--label-smoothing", type=_fraction, default=0.1)
-    p.add_argument("--contrastive-weight", type=float, default=0.001, help="lambda; 0 disables the contrastive loss")
+    p.add_argument("--contrastive-weight", type=float, default=0.01, help="lambda; 0 disables the contrastive loss")
     p.add_argument("--temperature", type=float, default=0.1, help="tau of the contrastive loss")
     p.add_argument("--fusion-rank", type=_positive_int, default=2, help="Tucker rank R of the bilinear fusion")
     p.add_argument("--fusion-activation", choices=("tanh", "relu"), default="tanh", help="factor activation of the bilinear fusion (relu: design.md's formula)")
@@ -273,6 +273,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it found: noise
     try:
         return int(args.handler(args) or 0)
     except IMFError as exc:

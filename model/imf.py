@@ -303,16 +303,32 @@ class IMF(nn.Module):
         if tables is None:
             tables = self.entity_tables()
         queries = self.query_vectors(heads, rel_ids, tables)
+        weights = self.decision_weights(rel_ids)
+        logits, p = self.rescore(queries, weights, tables, candidates, float64=float64)
+        return logits, weights, p
+
+    def rescore(
+        self,
+        queries: dict[str, Tensor],
+        weights: Tensor,
+        tables: dict[str, Tensor],
+        candidates: Tensor | None = None,
+        *,
+        float64: bool = True,
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Branch logits and fused p from precomputed query vectors q_b (B, d) and w (B, nb).
+
+        candidates: (B, K) entity ids, or None for all N. Returns logits[b] (B, K) and p (B, K).
+        """
         if candidates is None:
             logits = {b: queries[b] @ tables[b].T for b in self.branches}  # (B, N)
         else:  # (B, d) . (B, K, d) -> (B, K)
             logits = {b: torch.einsum("bd,bkd->bk", queries[b], tables[b][candidates]) for b in self.branches}
-        weights = self.decision_weights(rel_ids)
         if float64:
             p = self.fuse({b: v.double() for b, v in logits.items()}, weights.double(), self.branches)
         else:
             p = self.fuse(logits, weights, self.branches)
-        return logits, weights, p
+        return logits, p
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -25,24 +25,32 @@ def contrastive_loss(embeddings: dict[str, Tensor], present: dict[str, Tensor], 
 
     embeddings[b]: (n, d) for the same n entities in every branch; present[b]: (n,) bool (entities
     lacking a modality take no part in that modality's pairs). For every pair of branches (a, b)
-    the positives are the same entity in both, the negatives every other entity of the batch, in
-    both directions (a->b and b->a), with cosine similarity / temperature. Pairs with fewer than
-    two shared entities are skipped. Returns the mean over pairs (0 when no pair qualifies).
+    the positives are the same entity in both, the negatives every other shared entity, in both
+    directions (a->b and b->a), with cosine similarity / temperature. A pair with fewer than two
+    shared entities contributes 0. Returns the mean over pairs.
+
     Unlike the reference code, each row is normalised over its own row of candidates, so the
-    gradient does not vanish as the batch grows.
+    gradient does not vanish as the batch grows. Absent entities are masked, not dropped, so the
+    shapes stay static and a GPU is never synchronised here.
     """
     names = list(embeddings)
     losses = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            both = present[a] & present[b]
-            if int(both.sum()) < 2:
-                continue
-            za = F.normalize(embeddings[a][both], dim=-1)
-            zb = F.normalize(embeddings[b][both], dim=-1)
-            sim = za @ zb.T / temperature  # (n', n'), positives on the diagonal
-            target = torch.arange(sim.shape[0], device=sim.device)
-            losses.append(0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)))
+            both = present[a] & present[b]  # (n,)
+            za = F.normalize(embeddings[a], dim=-1)
+            zb = F.normalize(embeddings[b], dim=-1)
+            sim = (za @ zb.T) / temperature  # (n, n), positives on the diagonal
+            # A large finite negative, not -inf: an all-masked row must stay finite, or its
+            # (discarded) value would still send NaN gradients back through logsumexp.
+            sim = sim.masked_fill(~(both[:, None] & both[None, :]), -1e4)
+            diag = torch.diagonal(sim)
+            rows = torch.logsumexp(sim, dim=1) - diag  # a -> b
+            cols = torch.logsumexp(sim, dim=0) - diag  # b -> a
+            count = both.sum()
+            per_entity = torch.where(both, rows + cols, torch.zeros_like(rows))  # absent entities dropped
+            loss = per_entity.sum() / (2 * count.clamp(min=1))
+            losses.append(torch.where(count >= 2, loss, torch.zeros_like(loss)))
     if not losses:
         first = next(iter(embeddings.values()))
         return first.sum() * 0.0

@@ -34,14 +34,16 @@ def query_relation(relation: int, direction: str, num_relations: int) -> int:
     return relation if direction == "tail" else relation + num_relations
 
 
-def top_k_with_filter(scores: np.ndarray, known: np.ndarray, k: int, *, filter_known: bool) -> list[Prediction]:
-    """Top-k of one score vector. scores: (N,) or candidate scores; known: (N,) bool aligned.
+def top_k_with_filter(scores: np.ndarray, known: np.ndarray, k: int, *, filter_known: bool, ids: np.ndarray | None = None) -> list[Prediction]:
+    """Top-k of one score vector. scores: (M,) for all entities or for candidates; known: (M,)
+    bool aligned; ids: (M,) entity ids of the positions (default: the positions themselves).
 
     Known answers are removed before the cut when `filter_known` (so k results come back while
     candidates remain) or kept and flagged otherwise. Order: score descending, then entity id
-    ascending (deterministic under ties). Ids are the positions in `scores`.
+    ascending (deterministic under ties, whatever order the candidates came in). The returned
+    `entity` fields are positions in `scores`.
     """
-    order = np.lexsort((np.arange(len(scores)), -scores))
+    order = np.lexsort((np.arange(len(scores)) if ids is None else ids, -scores))
     if filter_known:
         order = order[~known[order]]
     order = order[:k]

@@ -48,7 +48,7 @@ class TrainConfig:
     lr: float = 0.001
     lr_decay: float = 1.0  # multiplicative, per epoch
     label_smoothing: float = 0.1
-    contrastive_weight: float = 0.001  # lambda (the BCE terms are means over B x N: small)
+    contrastive_weight: float = 0.01  # lambda (the BCE terms are means over B x N: small)
     temperature: float = 0.1  # tau
     contrastive_size: int = 512  # entities per batch in the contrastive loss
     relation_groups: int = 8  # relation-homogeneous chunks per batch; 0 = uniformly random batches
@@ -179,10 +179,9 @@ def training_loss(
     parts["fused"] = values[-1]
     loss = sum(parts.values())
     if cfg.contrastive_weight > 0 and model.modalities:
-        ents = torch.unique(heads)
-        if ents.numel() > cfg.contrastive_size:
-            pick = torch.randperm(ents.numel(), generator=generator, device="cpu")[: cfg.contrastive_size]
-            ents = ents[pick.to(ents.device)]
+        # A random set of entities (a permutation slice: no duplicates, no host sync).
+        n = model.cfg.num_entities
+        ents = torch.randperm(n, generator=generator)[: cfg.contrastive_size].to(heads.device)
         names = [STRUCTURE, *model.modalities]
         emb = {b: tables[b][ents].float() for b in names}
         pres = {STRUCTURE: torch.ones_like(ents, dtype=torch.bool), **{m: model.present(m)[ents] for m in model.modalities}}

@@ -82,3 +82,15 @@ def tiny_dataset(tmp_path: Path) -> Path:
     feats = {"text": (np.random.default_rng(0).normal(size=(4, 5)).astype(np.float16), ["a", "b", "c", "f"])}
     ents = [(e, f"Entity {e.upper()}", f"the letter {e}") for e in "abcdef"]
     return write_dataset(tmp_path / "tiny", train, valid, test, entities=ents, features=feats)
+
+
+@pytest.fixture(scope="session")
+def slice_bundle(fb15k_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small IMF trained on the FB15k-237 slice (text + numeric), saved as a bundle."""
+    from model.bundle import save_bundle
+    from model.train import TrainConfig, train
+
+    ds = load_dataset(fb15k_slice)
+    result = train(TrainConfig(dataset=str(fb15k_slice), epochs=6, lr=0.01, seed=0, patience=100), ds, progress=False, dim=32, relation_dim=32)
+    out = tmp_path_factory.mktemp("bundles") / "slice"
+    return save_bundle(out, result.model, ds, training={"epochs": 6}, metrics={"valid": result.valid_metrics})

@@ -254,6 +254,19 @@ def test_contrastive_gradient_does_not_shrink_with_batch_size(batch: int) -> Non
     assert row_norm > 0.5
 
 
+def test_contrastive_gradients_are_finite_with_absent_entities() -> None:
+    torch.manual_seed(3)
+    s = torch.randn(16, 8, requires_grad=True)
+    t = torch.randn(16, 8, requires_grad=True)
+    pres_t = torch.rand(16) > 0.5
+    pres_t[:2] = True
+    loss = contrastive_loss({"structure": s, "text": t}, {"structure": torch.ones(16, dtype=torch.bool), "text": pres_t}, 0.1)
+    loss.backward()
+    assert torch.isfinite(s.grad).all() and torch.isfinite(t.grad).all()
+    assert not t.grad[~pres_t].any()  # absent entities get no gradient
+    assert float(loss.detach()) == pytest.approx(float(slow_infonce(s[pres_t].detach(), t[pres_t].detach(), 0.1)), rel=1e-5)
+
+
 def test_contrastive_skips_pairs_without_shared_entities() -> None:
     emb = {"structure": torch.randn(4, 3, requires_grad=True), "text": torch.randn(4, 3)}
     pres = {"structure": torch.ones(4, dtype=torch.bool), "text": torch.tensor([True, False, False, False])}

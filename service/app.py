@@ -1,0 +1,401 @@
+"""The FastAPI app: `create_app(settings)` wires HTTP to the engine, the cache and the metrics.
+
+Heavy work happens in the lifespan, never at import: the bundle is loaded in the background so
+/health answers at once and /ready (and every prediction) says 503 until the model, its tables
+and the FAISS index are ready. Model and FAISS work runs in a thread pool of IMF_WORKERS, with
+IMF_TORCH_THREADS / IMF_FAISS_THREADS each, so concurrent requests neither block the event loop
+nor oversubscribe the CPU. Every error leaves as a JSON body (see service.errors); never a
+stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import anyio
+import faiss
+import torch
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from model import __version__
+from service.cache import Cache, MemoryCache, RedisCache, SingleFlight, redacted
+from service.engine import Predictor
+from service.engine import Query as EngineQuery
+from service.errors import InvalidRequest, NotReady, ServiceError, Unauthorized
+from service.metrics import Metrics
+from service.schemas import (
+    BatchRequest,
+    BatchResponse,
+    EntitiesResponse,
+    ErrorResponse,
+    ExplainRequest,
+    ExplainResponse,
+    PredictRequest,
+    PredictResponse,
+)
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[Settings], Predictor]
+
+
+def default_loader(settings: Settings) -> Predictor:
+    return Predictor.load(
+        settings.bundle,
+        candidates=settings.candidates,
+        index_kind=settings.index,
+        nprobe=settings.nprobe,
+        refine_factor=settings.refine_factor,
+        save_index=settings.save_index,
+    )
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    cache: Cache
+    limiter: anyio.CapacityLimiter
+    singleflight: SingleFlight = field(default_factory=SingleFlight)
+    predictor: Predictor | None = None
+    load_error: str | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run model / FAISS work off the event loop, at most IMF_WORKERS at a time."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.imf
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_predictor(state: StateDep) -> Predictor:
+    if state.predictor is None:
+        reason = f"model failed to load: {state.load_error}" if state.load_error else "model is loading"
+        raise NotReady(reason)
+    return state.predictor
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+def require_key(request: Request, state: StateDep) -> None:
+    """IMF_API_KEY, when set, must come as `X-API-Key: KEY` or `Authorization: Bearer KEY`."""
+    expected = state.settings.api_key
+    if expected is None:
+        return
+    given = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if given is None and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    if given is None or not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise Unauthorized("missing or wrong API key (send X-API-Key or Authorization: Bearer)")
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def error_body(kind: str, message: str, **extra: Any) -> dict:
+    return {"error": {"type": kind, "message": message, **{k: v for k, v in extra.items() if v is not None}}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(error_body(exc.code, exc.message, field=exc.field, suggestions=exc.suggestions), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(x for x in first["loc"] if x != "body") or "body"
+        return JSONResponse(error_body("validation_error", f"{where}: {first['msg']}", details=details), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: log it, hide it
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal_error", "internal error; see the server log"), status_code=500)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 (JSON) for bodies over the limit, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        seen = 0
+        too_big = False
+
+        async def limited() -> Message:
+            nonlocal seen, too_big
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    too_big = True
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps(error_body("payload_too_large", f"request body over {self.max_bytes} bytes")).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+
+def _answer(p: Predictor, q: EngineQuery, ranked: list) -> dict:
+    """The cacheable part of a /predict answer."""
+    return {
+        "query": {"head": p.entity_info(q.entity), "relation": p.relation_info(q.relation), "direction": q.direction},
+        "predictions": [{**p.entity_info(r.entity), "score": r.score, "rank": r.rank, "known": r.known} for r in ranked],
+    }
+
+
+async def _cached_predictions(state: AppState, p: Predictor, queries: list[EngineQuery]) -> list[tuple[dict, bool]]:
+    """Answers for resolved queries: cache hits as they are, misses computed together (one
+    batch through the engine), identical concurrent misses computed once, then cached."""
+    keys = [q.cache_key(p.bundle.fingerprint) for q in queries]
+    hits = await asyncio.gather(*(state.cache.get(k) for k in keys))
+    results: list[tuple[dict, bool] | None] = [None] * len(queries)
+    missing = []
+    for i, raw in enumerate(hits):
+        if raw is not None:
+            try:
+                results[i] = (json.loads(raw), True)
+                state.metrics.cache_hits.inc()
+                continue
+            except (ValueError, UnicodeDecodeError):
+                log.warning("ignoring a corrupt cache entry %s", keys[i])
+        missing.append(i)
+    if missing:
+        state.metrics.cache_misses.inc(len(missing))
+
+        async def compute() -> list[dict]:
+            ranked = await state.run(p.predict_many, [queries[i] for i in missing])
+            answers = [_answer(p, queries[i], r) for i, r in zip(missing, ranked)]
+            await asyncio.gather(*(state.cache.set(keys[i], json.dumps(a).encode(), state.settings.cache_ttl_s) for i, a in zip(missing, answers)))
+            return answers
+
+        flight_key = "|".join(keys[i] for i in missing)
+        answers, shared = await state.singleflight.run(flight_key, compute)
+        if shared:
+            state.metrics.shared.inc(len(missing))
+        for i, a in zip(missing, answers):
+            results[i] = (a, False)
+    return [r for r in results if r is not None]
+
+
+def build_router() -> APIRouter:
+    api = APIRouter()
+    responses = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+    @api.post("/predict", response_model=PredictResponse, responses=responses, summary="Top-k tails (or heads) for one query")
+    async def predict(body: PredictRequest, state: StateDep, p: PredictorDep) -> dict:
+        q = await state.run(lambda: p.resolve(body.head, body.relation, direction=body.direction, k=body.k, filter_known=body.filter_known, max_k=state.settings.max_k))
+        (answer, cached), = await _cached_predictions(state, p, [q])
+        return {"model": p.bundle.fingerprint, "cached": cached, **answer}
+
+    @api.post("/predict/batch", response_model=BatchResponse, responses=responses, summary="Many queries in one request, scored together")
+    async def predict_batch(body: BatchRequest, state: StateDep, p: PredictorDep) -> dict:
+        if len(body.queries) > state.settings.max_batch:
+            raise InvalidRequest(f"at most {state.settings.max_batch} queries per batch, got {len(body.queries)}", field="queries")
+
+        def resolve_all() -> list[EngineQuery]:
+            out = []
+            for i, b in enumerate(body.queries):
+                try:
+                    out.append(p.resolve(b.head, b.relation, direction=b.direction, k=b.k, filter_known=b.filter_known, max_k=state.settings.max_k))
+                except ServiceError as exc:
+                    exc.field = f"queries[{i}].{exc.field}" if exc.field else f"queries[{i}]"
+                    exc.message = f"queries[{i}]: {exc.message}"
+                    raise
+            return out
+
+        queries = await state.run(resolve_all)
+        answers = await _cached_predictions(state, p, queries)
+        return {"model": p.bundle.fingerprint, "results": [{"model": p.bundle.fingerprint, "cached": c, **a} for a, c in answers]}
+
+    @api.post("/explain", response_model=ExplainResponse, responses=responses, summary="Decision-fusion weights and per-branch contributions")
+    async def explain(body: ExplainRequest, state: StateDep, p: PredictorDep) -> dict:
+        def work() -> dict:
+            q = p.resolve(body.head, body.relation, direction=body.direction, k=body.k, filter_known=body.filter_known, max_k=state.settings.max_k)
+            tail = p.bundle.entity(body.tail) if body.tail is not None else None
+            weights, explained = p.explain(q, tail)
+            return {
+                "model": p.bundle.fingerprint,
+                "query": {"head": p.entity_info(q.entity), "relation": p.relation_info(q.relation), "direction": q.direction},
+                "weights": weights,
+                "predictions": [
+                    {**p.entity_info(e.entity), "score": e.score, "rank": e.rank, "known": e.known, "branches": e.branches}
+                    for e in explained
+                ],
+            }
+
+        return await state.run(_translate_unknown(work, "tail"))
+
+    @api.get("/entities", response_model=EntitiesResponse, responses=responses, summary="Find entities by name (or id) substring")
+    async def entities(state: StateDep, p: PredictorDep, q: Annotated[str, Query(min_length=1, max_length=200)], limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict:
+        return {"entities": await state.run(p.search_entities, q, limit)}
+
+    @api.get("/info", summary="The served model: fingerprint, dataset, branches, metrics")
+    async def info(p: PredictorDep) -> dict:
+        m = p.bundle.manifest
+        return {
+            "model": p.bundle.fingerprint,
+            "dataset": m.get("dataset"),
+            "branches": m.get("branches"),
+            "modalities": m.get("modalities"),
+            "metrics": m.get("metrics"),
+            "index": {"kind": p.index.kind, "ntotal": p.index.ntotal, "candidates": p.candidates},
+            "version": __version__,
+        }
+
+    return api
+
+
+def _translate_unknown(fn: Callable[[], dict], field_name: str) -> Callable[[], dict]:
+    """Unknown `tail` names in /explain become NotFound with suggestions, like head/relation."""
+    from model.errors import UnknownNameError
+    from service.errors import NotFound
+
+    def wrapped() -> dict:
+        try:
+            return fn()
+        except UnknownNameError as exc:
+            raise NotFound(str(exc), field=field_name, suggestions=exc.suggestions) from exc
+
+    return wrapped
+
+
+def build_ops_router() -> APIRouter:
+    ops = APIRouter()
+
+    @ops.get("/health", summary="Liveness: the process answers")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @ops.get("/ready", summary="Readiness: model, index and cache status (503 until loaded)")
+    async def ready(state: StateDep) -> JSONResponse:
+        cache = await state.cache.status()
+        state.metrics.cache_up.set(1 if cache.get("ok") else 0)
+        body = {
+            "ready": state.predictor is not None,
+            "model": state.predictor.bundle.fingerprint if state.predictor else None,
+            "cache": cache,
+        }
+        if state.predictor is None:
+            body["error"] = state.load_error or "model is loading"
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
+
+    return ops
+
+
+def create_app(settings: Settings | None = None, *, loader: Loader = default_loader) -> FastAPI:
+    """The app for `settings` (default: from IMF_* variables). `loader` builds the Predictor
+    (tests pass a small one); it runs in the lifespan, off the event loop."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        torch.set_num_threads(settings.torch_threads)
+        faiss.omp_set_num_threads(settings.faiss_threads)
+        if settings.redis_url:
+            cache: Cache = RedisCache(settings.redis_url, timeout_s=settings.redis_timeout_s, on_error=metrics.cache_errors.inc)
+            log.info("cache: redis at %s", redacted(settings.redis_url))
+        else:
+            cache = MemoryCache(settings.cache_size)
+            log.info("cache: in-process LRU (%d entries); set IMF_REDIS_URL for Redis", settings.cache_size)
+        state = AppState(settings=settings, metrics=metrics, cache=cache, limiter=anyio.CapacityLimiter(settings.workers))
+        app.state.imf = state
+
+        async def load() -> None:
+            try:
+                state.predictor = await anyio.to_thread.run_sync(loader, settings)
+                metrics.ready.set(1)
+                metrics.startup.set(time.monotonic() - state.started_at)
+            except Exception as exc:  # keep serving /health and /ready, which report it
+                state.load_error = f"{type(exc).__name__}: {exc}"
+                log.error("loading %s failed: %s", settings.bundle, state.load_error)
+
+        task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            if not task.done():
+                task.cancel()
+            await cache.close()
+
+    app = FastAPI(
+        title="IMF link prediction",
+        version=__version__,
+        description="Multimodal knowledge-graph link prediction with IMF: FAISS retrieval, exact decision-fusion rescoring, explanations, cache.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(build_ops_router())
+    app.include_router(build_router(), dependencies=[Depends(require_key)])
+
+    @app.get("/metrics", include_in_schema=True, summary="Prometheus metrics", dependencies=[Depends(require_key)])
+    async def metrics_endpoint(state: StateDep) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+        return response
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # outermost: before parsing
+    return app

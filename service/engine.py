@@ -1,0 +1,269 @@
+"""The prediction engine: retrieve candidates with FAISS, rescore them exactly, filter, explain.
+
+Knows nothing of HTTP (design.md §5, vLLM-style: the app only maps requests to these calls).
+
+Start-up (`Predictor.load`): load and verify the bundle -> eval mode -> precompute every
+branch's entity table C_b (and the fused one) -> load the bundle's FAISS index when its model
+fingerprint matches, or build one -> ready.
+
+A query (e, r', k, filter):
+    q_b = decoder_b(C_b[e], r')                         every branch, (1, d)
+    xq  = [w_b(r') q_b]_b                               FAISS query, see service/index.py
+    I   = union of the top candidates for xq and for    candidates (K' shared among the
+          each branch's block of xq alone                searches, + #known answers)
+    p   = sum_b w_b sigmoid(q_b . C_b[I])               exact decision-fusion rescoring
+    known answers removed (or flagged), sorted by p, top k
+
+Searching K' plus the number of known answers means filtering can never leave fewer than k
+results while candidates remain; with K' >= N the answer is exactly exhaustive scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.bundle import Bundle, load_bundle
+from model.errors import UnknownNameError
+from model.imf import IMF
+from model.predict import DIRECTIONS, exhaustive_scores, known_mask, query_relation, top_k_with_filter
+from service.errors import InvalidRequest, NotFound
+from service.index import INDEX_DIR, CandidateIndex, resolve_kind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A resolved query: entity and base relation indices (reciprocal applied for heads)."""
+
+    entity: int
+    relation: int  # base relation id (0 .. R-1)
+    direction: str
+    k: int
+    filter_known: bool
+
+    def cache_key(self, fingerprint: str) -> str:
+        """Normalised: ids, not the names a client used, so equal questions share an entry."""
+        return f"imf:v1:{fingerprint[:16]}:{self.direction}:{self.entity}:{self.relation}:{self.k}:{int(self.filter_known)}"
+
+
+@dataclass
+class Ranked:
+    entity: int
+    score: float
+    rank: int
+    known: bool
+
+
+@dataclass
+class Explained(Ranked):
+    branches: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class Predictor:
+    """Loaded model + tables + index; thread-safe for concurrent reads (no state changes)."""
+
+    def __init__(self, bundle: Bundle, index: CandidateIndex, tables: dict[str, Tensor], *, candidates: int, load_seconds: float) -> None:
+        self.bundle = bundle
+        self.model: IMF = bundle.model
+        self.index = index
+        self.tables = tables
+        self.candidates = candidates
+        self.load_seconds = load_seconds
+        self.branches = self.model.branches
+        self.num_entities = len(bundle.entity_ids)
+        self.num_relations = bundle.num_relations
+
+    # ------------------------------------------------------------------ start-up
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        candidates: int = 200,
+        index_kind: str = "auto",
+        nprobe: int = 32,
+        refine_factor: int = 4,
+        save_index: bool = True,
+    ) -> Predictor:
+        t0 = time.monotonic()
+        bundle = load_bundle(path)
+        with torch.no_grad():
+            tables = {b: t.detach().contiguous() for b, t in bundle.model.entity_tables().items()}
+        n = len(bundle.entity_ids)
+        kind = resolve_kind(index_kind, n)
+        xb = torch.cat([tables[b] for b in bundle.model.branches], dim=1).numpy()  # (N, nb * d)
+        folder = Path(path) / INDEX_DIR
+        index = CandidateIndex.load(folder, kind, bundle.fingerprint, xb.shape[1], n, nprobe=nprobe, refine_factor=refine_factor)
+        if index is None:
+            index = CandidateIndex.build(xb, kind, nprobe=nprobe, refine_factor=refine_factor)
+            if save_index:
+                try:
+                    index.save(folder, bundle.fingerprint)
+                except OSError as exc:  # a read-only mount is fine: build again next start
+                    log.info("index not saved (%s); it will be rebuilt at the next start", exc)
+        else:
+            log.info("loaded saved %s index for model %s", kind, bundle.fingerprint[:12])
+        bundle.known  # build the known-answer index now, not on the first request  # noqa: B018
+        seconds = time.monotonic() - t0
+        log.info("ready: %d entities, branches %s, %s index, %.1fs", n, bundle.model.branches, kind, seconds)
+        return cls(bundle, index, tables, candidates=candidates, load_seconds=seconds)
+
+    # ------------------------------------------------------------------ names
+
+    def resolve(self, head: str, relation: str, *, direction: str, k: int, filter_known: bool, max_k: int | None = None) -> Query:
+        """Ids or names -> a Query; NotFound (with suggestions) / InvalidRequest otherwise."""
+        if direction not in DIRECTIONS:
+            raise InvalidRequest(f"direction must be one of {list(DIRECTIONS)}", field="direction")
+        if k < 1 or (max_k is not None and k > max_k):
+            raise InvalidRequest(f"k must be between 1 and {max_k}", field="k")
+        try:
+            e = self.bundle.entity(head)
+        except UnknownNameError as exc:
+            raise NotFound(str(exc), field="head", suggestions=exc.suggestions) from exc
+        try:
+            r = self.bundle.relation(relation)
+        except UnknownNameError as exc:
+            raise NotFound(str(exc), field="relation", suggestions=exc.suggestions) from exc
+        return Query(entity=e, relation=r, direction=direction, k=k, filter_known=filter_known)
+
+    def entity_info(self, e: int) -> dict[str, str]:
+        return {"entity": self.bundle.entity_ids[e], "name": self.bundle.entity_names[e]}
+
+    def relation_info(self, r: int) -> dict[str, str]:
+        return {"relation": self.bundle.relation_ids[r], "name": self.bundle.relation_names[r]}
+
+    def search_entities(self, text: str, limit: int) -> list[dict[str, str]]:
+        return [
+            {**self.entity_info(i), "description": self.bundle.entity_descriptions[i]}
+            for i in self.bundle.search_entities(text, limit)
+        ]
+
+    # ------------------------------------------------------------------ scoring
+
+    def _rel(self, q: Query) -> int:
+        return query_relation(q.relation, q.direction, self.num_relations)
+
+    @torch.no_grad()
+    def _queries(self, entities: list[int], rels: list[int]) -> tuple[dict[str, Tensor], Tensor]:
+        """q_b for a batch: (B, d) each, and w(r): (B, nb)."""
+        e = torch.tensor(entities, dtype=torch.long)
+        r = torch.tensor(rels, dtype=torch.long)
+        q = self.model.query_vectors(e, r, self.tables)
+        return q, self.model.decision_weights(r)
+
+    def _known_rows(self, q: Query) -> np.ndarray:
+        return self.bundle.known.answers_of(q.entity, self._rel(q))
+
+    @torch.no_grad()
+    def candidates_for(self, queries: list[Query], qv: dict[str, Tensor], w: Tensor, known: list[np.ndarray]) -> np.ndarray:
+        """Candidate entity ids per query: (B, M), padded with -1.
+
+        The union of 1 + num_branches searches of the one index: the weighted-logit surrogate
+        xq = [w_b q_b]_b, and each branch alone (xq with only q_b's block filled). A candidate
+        that one branch scores very high can have a middling surrogate when that branch's logits
+        run on a smaller scale; its own search still finds it (bench/serve_bench.py measures the
+        recall of both). K' is shared among the searches; the surrogate search goes at least k
+        deep, and every search adds the query's known answers when they will be filtered, so
+        filtering never leaves fewer than k results while candidates remain.
+        """
+        n, nb = self.num_entities, len(self.branches)
+        searches = 1 if nb == 1 else nb + 1
+        share = -(-self.candidates // searches)
+        extra = max((len(kn) if q.filter_known else 0) for q, kn in zip(queries, known))
+        depth_sur = min(n, max(share, max(q.k for q in queries)) + extra)
+        if self.candidates >= n:
+            depth_sur = n  # K' covers everything: exactly exhaustive
+        blocks = [w[:, i:i + 1] * qv[b] for i, b in enumerate(self.branches)]
+        xq = torch.cat(blocks, dim=1).numpy()  # (B, nb * d)
+        _, sur = self.index.search(xq, depth_sur)  # (B, depth_sur)
+        if searches == 1 or depth_sur == n:
+            return sur
+        d = qv[self.branches[0]].shape[1]
+        b_count = len(queries)
+        xq_branch = np.zeros((b_count * nb, nb * d), dtype=np.float32)
+        for i, b in enumerate(self.branches):
+            xq_branch[i::nb, i * d:(i + 1) * d] = qv[b].numpy()  # row j*nb + i: query j, branch i
+        _, per = self.index.search(xq_branch, min(n, share + extra))
+        per = per.reshape(b_count, -1)  # (B, nb * depth)
+        rows = [np.unique(np.concatenate([sur[j], per[j]])) for j in range(b_count)]
+        rows = [r[r >= 0] for r in rows]
+        width = max(len(r) for r in rows)
+        out = np.full((b_count, width), -1, dtype=np.int64)
+        for j, r in enumerate(rows):
+            out[j, : len(r)] = r
+        return out
+
+    @torch.no_grad()
+    def predict_many(self, queries: list[Query]) -> list[list[Ranked]]:
+        """Retrieve-then-rescore for a batch of queries, scored together."""
+        if not queries:
+            return []
+        rels = [self._rel(q) for q in queries]
+        qv, w = self._queries([q.entity for q in queries], rels)
+        known = [self._known_rows(q) for q in queries]
+        ids = self.candidates_for(queries, qv, w, known)  # (B, M), -1 padded
+        valid = ids >= 0
+        cand = torch.from_numpy(np.where(valid, ids, 0))
+        _, p = self.model.rescore(qv, w, self.tables, cand)  # (B, M) exact fused probabilities
+        p = p.numpy()
+        out = []
+        for i, q in enumerate(queries):
+            ci = ids[i][valid[i]]
+            is_known = np.isin(ci, known[i], assume_unique=True)
+            top = top_k_with_filter(p[i][valid[i]], is_known, q.k, filter_known=q.filter_known, ids=ci)
+            out.append([Ranked(int(ci[t.entity]), t.score, t.rank, t.known) for t in top])
+        return out
+
+    def predict(self, q: Query) -> list[Ranked]:
+        return self.predict_many([q])[0]
+
+    @torch.no_grad()
+    def predict_exhaustive(self, q: Query) -> list[Ranked]:
+        """Score every entity with the full model (the slow, exact baseline)."""
+        scores = exhaustive_scores(self.model, q.entity, self._rel(q), self.tables)
+        mask = known_mask(self.bundle.known, q.entity, self._rel(q), self.num_entities)
+        return [Ranked(t.entity, t.score, t.rank, t.known) for t in top_k_with_filter(scores, mask, q.k, filter_known=q.filter_known)]
+
+    @torch.no_grad()
+    def explain(self, q: Query, tail: int | None = None) -> tuple[dict[str, float], list[Explained]]:
+        """Decision-fusion weights w(r) and, per candidate, each branch's probability,
+        contribution (w_b * probability; they sum to the candidate's score) and rank (the
+        candidate's raw rank among all entities by that branch's own score).
+
+        Candidates: the /predict answer for q, or only `tail` when given.
+        """
+        rel = self._rel(q)
+        if tail is None:
+            ranked = self.predict(q)
+        else:
+            known = set(self._known_rows(q).tolist())
+            ranked = [Ranked(tail, 0.0, 0, tail in known)]
+        cand = torch.tensor([[c.entity for c in ranked]], dtype=torch.long)
+        qv, w = self._queries([q.entity], [rel])
+        weights = {b: float(w[0, i]) for i, b in enumerate(self.branches)}
+        out = []
+        # Each branch's logits against all entities, once, for the per-branch ranks.
+        all_logits = {b: (qv[b] @ self.tables[b].T)[0] for b in self.branches}  # (N,)
+        for j, c in enumerate(ranked):
+            branches = {}
+            total = 0.0
+            for i, b in enumerate(self.branches):
+                s = all_logits[b][cand[0, j]]
+                prob = float(torch.sigmoid(s.double()))
+                contrib = weights[b] * prob
+                total += contrib
+                rank = 1 + int((all_logits[b] > s).sum())
+                branches[b] = {"probability": prob, "contribution": contrib, "rank": rank}
+            # The score reported is the sum of the contributions (equal to /predict's score up
+            # to float rounding), so clients can check the decomposition exactly.
+            out.append(Explained(c.entity, total, c.rank if tail is None else 1, c.known, branches))
+        return weights, out

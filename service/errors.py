@@ -1,0 +1,44 @@
+"""The service's exception tree; `service.app` maps it to HTTP in one place.
+
+    ServiceError
+      NotFound        404  unknown entity or relation (carries close-name suggestions)
+      InvalidRequest  422  a parameter out of range, a field naming the wrong thing
+      NotReady        503  the model or index is still loading, or failed to load
+      Unauthorized    401  missing or wrong API key
+
+The engine raises these (or `model.errors.UnknownNameError`, which becomes NotFound) and never
+knows about HTTP status codes itself.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, suggestions: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.suggestions = suggestions
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class InvalidRequest(ServiceError):
+    status = 422
+    code = "invalid_request"
+
+
+class NotReady(ServiceError):
+    status = 503
+    code = "not_ready"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"

@@ -1,0 +1,114 @@
+"""Request and response bodies (JSON; the OpenAPI schema at /docs is generated from these).
+
+Types are strict: `k` must be a JSON integer, `filter_known` a boolean; a string "10" is a 422,
+not silently coerced.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+Direction = Literal["tail", "head"]
+NameOrId = Field(min_length=1, max_length=1000)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequest(_Strict):
+    head: str = Field(min_length=1, max_length=1000, description="entity id or exact name; with direction 'head', the known tail", examples=["Barack Obama"])
+    relation: str = Field(min_length=1, max_length=1000, description="relation id or name", examples=["/people/person/nationality"])
+    k: StrictInt = Field(10, ge=1, description="number of predictions (at most IMF_MAX_K)")
+    direction: Direction = Field("tail", description="'tail': (head, relation, ?); 'head': (?, relation, head)")
+    filter_known: StrictBool = Field(True, description="exclude facts already in the KG (false: keep them, flagged known)")
+
+
+class EntityRef(BaseModel):
+    entity: str
+    name: str
+
+
+class RelationRef(BaseModel):
+    relation: str
+    name: str
+
+
+class QueryEcho(BaseModel):
+    head: EntityRef
+    relation: RelationRef
+    direction: Direction
+
+
+class Prediction(BaseModel):
+    entity: str
+    name: str
+    score: float = Field(description="fused decision-fusion probability p = sum_b w_b(r) sigmoid(s_b)")
+    rank: int
+    known: bool = Field(description="the triple is already in the KG (train, valid or test)")
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(description="model fingerprint (sha256 of the weights)")
+    cached: bool
+    query: QueryEcho
+    predictions: list[Prediction]
+
+
+class BatchRequest(_Strict):
+    queries: list[PredictRequest] = Field(min_length=1, description="at most IMF_MAX_BATCH queries, scored together")
+
+
+class BatchResponse(BaseModel):
+    model: str
+    results: list[PredictResponse]
+
+
+class ExplainRequest(_Strict):
+    head: str = Field(min_length=1, max_length=1000, examples=["Barack Obama"])
+    relation: str = Field(min_length=1, max_length=1000, examples=["/people/person/nationality"])
+    direction: Direction = "tail"
+    tail: str | None = Field(None, min_length=1, max_length=1000, description="explain only this candidate")
+    k: StrictInt = Field(10, ge=1)
+    filter_known: StrictBool = True
+
+
+class BranchPart(BaseModel):
+    probability: float = Field(description="sigmoid of the branch's own logit")
+    contribution: float = Field(description="weight x probability; the contributions sum to the score")
+    rank: int = Field(description="rank of this candidate among all entities by the branch's own score (unfiltered)")
+
+
+class ExplainedPrediction(Prediction):
+    branches: dict[str, BranchPart]
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    query: QueryEcho
+    weights: dict[str, float] = Field(description="decision-fusion weight of each branch for this relation; they sum to 1")
+    predictions: list[ExplainedPrediction]
+
+
+class EntityHit(BaseModel):
+    entity: str
+    name: str
+    description: str
+
+
+class EntitiesResponse(BaseModel):
+    entities: list[EntityHit]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    field: str | None = None
+    suggestions: list[str] | None = None
+    details: list[dict] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

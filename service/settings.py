@@ -1,0 +1,55 @@
+"""Runtime settings of the service, from `IMF_*` environment variables (pydantic-settings).
+
+Validated when the app is created, so a typo in a port or a negative TTL stops the process at
+start with a message naming the variable, instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BUNDLE = Path("artifacts/default")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMF_", extra="ignore", frozen=True)
+
+    bundle: Path = Field(DEFAULT_BUNDLE, description="checkpoint bundle directory (IMF_BUNDLE)")
+    host: str = Field("127.0.0.1", description="listen address (IMF_HOST); 0.0.0.0 in containers")
+    port: int = Field(8000, ge=1, le=65535, description="listen port (IMF_PORT)")
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset = in-process LRU cache (IMF_REDIS_URL)")
+    redis_timeout_s: float = Field(0.25, gt=0, le=30, description="socket timeout of each Redis call")
+    api_key: SecretStr | None = Field(None, description="when set, required as X-API-Key or Bearer token (IMF_API_KEY)")
+    cache_ttl_s: int = Field(3600, ge=1, description="lifetime of a cached answer, seconds (IMF_CACHE_TTL_S)")
+    cache_size: int = Field(50_000, ge=1, description="entries of the in-process LRU cache (IMF_CACHE_SIZE)")
+    candidates: int = Field(200, ge=1, le=100_000, description="K': candidates retrieved by FAISS, then rescored exactly (IMF_CANDIDATES)")
+    max_k: int = Field(100, ge=1, le=10_000, description="largest k a request may ask for (IMF_MAX_K)")
+    max_batch: int = Field(64, ge=1, le=10_000, description="most queries in one /predict/batch request (IMF_MAX_BATCH)")
+    max_body_bytes: int = Field(1_000_000, ge=1_000, description="largest request body; larger gets 413 (IMF_MAX_BODY_BYTES)")
+    index: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = Field("auto", description="FAISS index type; auto = flat below 200k entities, ivfpq above (IMF_INDEX)")
+    nprobe: int = Field(32, ge=1, description="IVF lists visited per search (IMF_NPROBE)")
+    refine_factor: int = Field(4, ge=1, le=64, description="ivfpq: exact re-ranking of refine_factor x K' codes (IMF_REFINE_FACTOR)")
+    torch_threads: int = Field(1, ge=1, le=256, description="intra-op threads per request (IMF_TORCH_THREADS)")
+    faiss_threads: int = Field(1, ge=1, le=256, description="OpenMP threads of FAISS (IMF_FAISS_THREADS)")
+    workers: int = Field(2, ge=1, le=256, description="requests computed at once, off the event loop (IMF_WORKERS)")
+    save_index: bool = Field(True, description="write a built index into the bundle when writable (IMF_SAVE_INDEX)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="IMF_LOG_LEVEL")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if v is None or v.strip() == "":
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.max_k > self.candidates:
+            raise ValueError(f"IMF_MAX_K ({self.max_k}) must not exceed IMF_CANDIDATES ({self.candidates})")
+        return self

@@ -1,0 +1,186 @@
+"""The engine without HTTP: retrieval + exact rescoring against exhaustive full-model scoring,
+known-triple filtering, explanations, index persistence."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.engine import Predictor, Query
+from service.errors import InvalidRequest, NotFound
+from service.index import INDEX_DIR, CandidateIndex
+
+
+@pytest.fixture(scope="module")
+def predictor(slice_bundle: Path, tmp_path_factory) -> Predictor:
+    copy = tmp_path_factory.mktemp("engine") / "bundle"
+    shutil.copytree(slice_bundle, copy)
+    return Predictor.load(copy, candidates=50)
+
+
+def queries(p: Predictor, n: int, seed: int) -> list[Query]:
+    rng = np.random.default_rng(seed)
+    test = p.bundle.triples["test"]
+    rows = test[rng.choice(len(test), n, replace=False)]
+    out = []
+    for i, (h, r, t) in enumerate(rows.tolist()):
+        direction = "tail" if i % 2 == 0 else "head"
+        out.append(Query(entity=h if direction == "tail" else t, relation=r, direction=direction, k=10, filter_known=bool(i % 3)))
+    return out
+
+
+def exhaustive_reference(p: Predictor, q: Query) -> list[tuple[int, float, bool]]:
+    """Score every entity one at a time with the model's own candidate scoring (slow)."""
+    rel = q.relation if q.direction == "tail" else q.relation + p.num_relations
+    with torch.no_grad():
+        _, _, pr = p.model.score_candidates(torch.tensor([q.entity]), torch.tensor([rel]), torch.arange(p.num_entities)[None], tables=p.tables)
+    known = set(p.bundle.known.answers_of(q.entity, rel).tolist())
+    order = sorted(range(p.num_entities), key=lambda e: (-float(pr[0, e]), e))
+    if q.filter_known:
+        order = [e for e in order if e not in known]
+    return [(e, float(pr[0, e]), e in known) for e in order[: q.k]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_depth_retrieval_equals_exhaustive_scoring(predictor: Predictor, seed: int) -> None:
+    full = Predictor(predictor.bundle, predictor.index, predictor.tables, candidates=predictor.num_entities, load_seconds=0)
+    for q in queries(full, 12, seed):
+        got = full.predict(q)
+        ref = exhaustive_reference(full, q)
+        assert [r.entity for r in got] == [e for e, _, _ in ref]
+        assert [r.score for r in got] == pytest.approx([s for _, s, _ in ref], rel=1e-6)  # float32 logits
+        assert [r.known for r in got] == [k for _, _, k in ref]
+        assert [r.rank for r in got] == list(range(1, len(ref) + 1))
+        # and the engine's own exhaustive path agrees too
+        assert [r.entity for r in full.predict_exhaustive(q)] == [e for e, _, _ in ref]
+
+
+def test_filtering_never_returns_fewer_than_k(predictor: Predictor) -> None:
+    bundle = predictor.bundle
+    # the query with the most known answers
+    keys = bundle.known.keys
+    counts = np.diff(bundle.known.offsets)
+    row = int(np.argmax(counts))
+    e, rel = int(keys[row] // (2 * predictor.num_relations)), int(keys[row] % (2 * predictor.num_relations))
+    direction = "tail" if rel < predictor.num_relations else "head"
+    base = rel % predictor.num_relations
+    n_known = int(counts[row])
+    assert n_known > 20  # a hub: more known answers than K' would leave room for without the fix
+    small = Predictor(bundle, predictor.index, predictor.tables, candidates=10, load_seconds=0)
+    got = small.predict(Query(e, base, direction, k=10, filter_known=True))
+    assert len(got) == 10 and not any(r.known for r in got)
+    kept = small.predict(Query(e, base, direction, k=10, filter_known=False))
+    known = set(bundle.known.answers_of(e, rel).tolist())
+    assert [r.known for r in kept] == [r.entity in known for r in kept]
+    flagged = small.predict(Query(e, base, direction, k=predictor.num_entities, filter_known=False))
+    assert len(flagged) == predictor.num_entities and sum(r.known for r in flagged) == n_known
+    everything = small.predict(Query(e, base, direction, k=predictor.num_entities, filter_known=True))
+    assert len(everything) == predictor.num_entities - n_known  # every candidate that remains
+
+
+def test_predict_many_equals_one_by_one(predictor: Predictor) -> None:
+    # At full depth both are exact; at the default depth a batch searches as deep as its
+    # deepest query needs, so it may legitimately find more than a lone query.
+    full = Predictor(predictor.bundle, predictor.index, predictor.tables, candidates=predictor.num_entities, load_seconds=0)
+    qs = queries(full, 10, 5)
+    together = full.predict_many(qs)
+    for q, batch_answer in zip(qs, together):
+        single = full.predict(q)
+        assert [(r.entity, r.rank, r.known) for r in single] == [(r.entity, r.rank, r.known) for r in batch_answer]
+        assert [r.score for r in single] == pytest.approx([r.score for r in batch_answer], rel=1e-6)
+
+
+def test_default_depth_recall_is_high_on_the_slice(predictor: Predictor) -> None:
+    hits = total = 0
+    for q in queries(predictor, 40, 9):
+        exact = {r.entity for r in predictor.predict_exhaustive(q)}
+        hits += len(exact & {r.entity for r in predictor.predict(q)})
+        total += len(exact)
+    assert hits / total >= 0.95
+
+
+def test_explain_decomposes_the_score(predictor: Predictor) -> None:
+    q = queries(predictor, 1, 3)[0]
+    weights, explained = predictor.explain(q)
+    assert set(weights) == set(predictor.branches)
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-6)
+    predicted = predictor.predict(q)
+    assert [e.entity for e in explained] == [r.entity for r in predicted]
+    rel = q.relation if q.direction == "tail" else q.relation + predictor.num_relations
+    with torch.no_grad():
+        logits, _, _ = predictor.model.score_candidates(torch.tensor([q.entity]), torch.tensor([rel]), tables=predictor.tables)
+    for e, r in zip(explained, predicted):
+        assert sum(b["contribution"] for b in e.branches.values()) == pytest.approx(e.score, abs=1e-12)
+        assert e.score == pytest.approx(r.score, rel=1e-6)
+        for b, part in e.branches.items():
+            assert part["contribution"] == pytest.approx(weights[b] * part["probability"], rel=1e-12)
+            s = logits[b][0]
+            assert part["rank"] == 1 + int((s > s[e.entity]).sum())
+    # one given tail only
+    tail = predicted[3].entity
+    _, only = predictor.explain(q, tail)
+    assert [e.entity for e in only] == [tail]
+    assert only[0].score == pytest.approx(predicted[3].score, rel=1e-6)
+
+
+def test_resolution_by_id_and_name_and_errors(predictor: Predictor) -> None:
+    b = predictor.bundle
+    e = 5
+    q1 = predictor.resolve(b.entity_ids[e], b.relation_ids[0], direction="tail", k=3, filter_known=True)
+    q2 = predictor.resolve(b.entity_names[e].upper(), b.relation_names[0], direction="tail", k=3, filter_known=True)
+    assert q1 == q2 and q1.cache_key("f" * 64) == q2.cache_key("f" * 64)
+    with pytest.raises(NotFound) as info:
+        predictor.resolve(b.entity_names[e] + "x", b.relation_ids[0], direction="tail", k=3, filter_known=True)
+    assert info.value.field == "head" and b.entity_names[e] in info.value.suggestions
+    with pytest.raises(NotFound) as info:
+        predictor.resolve(b.entity_ids[e], "/no/such/relation", direction="tail", k=3, filter_known=True)
+    assert info.value.field == "relation"
+    with pytest.raises(InvalidRequest):
+        predictor.resolve(b.entity_ids[e], b.relation_ids[0], direction="tail", k=0, filter_known=True)
+    with pytest.raises(InvalidRequest):
+        predictor.resolve(b.entity_ids[e], b.relation_ids[0], direction="up", k=3, filter_known=True)
+
+
+def test_index_is_saved_with_fingerprint_and_reused(slice_bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(slice_bundle, copy)
+    p1 = Predictor.load(copy, index_kind="flat")
+    meta = json.loads((copy / INDEX_DIR / "flat.json").read_text())
+    assert meta["model_fingerprint"] == p1.bundle.fingerprint and meta["ntotal"] == p1.num_entities
+    mtime = (copy / INDEX_DIR / "flat.faiss").stat().st_mtime_ns
+    Predictor.load(copy, index_kind="flat")
+    assert (copy / INDEX_DIR / "flat.faiss").stat().st_mtime_ns == mtime  # reused, not rebuilt
+    meta["model_fingerprint"] = "0" * 64
+    (copy / INDEX_DIR / "flat.json").write_text(json.dumps(meta))
+    assert CandidateIndex.load(copy / INDEX_DIR, "flat", p1.bundle.fingerprint, p1.index.index.d, p1.num_entities) is None
+    Predictor.load(copy, index_kind="flat")  # rebuilt for the right model
+    assert json.loads((copy / INDEX_DIR / "flat.json").read_text())["model_fingerprint"] == p1.bundle.fingerprint
+
+
+def test_read_only_bundle_still_serves(slice_bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "ro"
+    shutil.copytree(slice_bundle, copy)
+    shutil.rmtree(copy / INDEX_DIR, ignore_errors=True)
+    copy.chmod(0o555)
+    try:
+        p = Predictor.load(copy, index_kind="flat")
+        assert len(p.predict(queries(p, 1, 0)[0])) == 10
+    finally:
+        copy.chmod(0o755)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
+def test_approximate_index_kinds_agree_with_exact_search(predictor: Predictor, kind: str) -> None:
+    xb = torch.cat([predictor.tables[b] for b in predictor.branches], dim=1).numpy()
+    exact = CandidateIndex.build(xb, "flat")
+    approx = CandidateIndex.build(xb, kind, nprobe=10_000, refine_factor=8)
+    xq = xb[:20] * 0.5 + 0.1
+    _, i_exact = exact.search(xq, 10)
+    _, i_approx = approx.search(xq, 10)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i_exact, i_approx)])
+    assert overlap >= 0.9  # ties tolerated; HNSW and PQ are approximate by design

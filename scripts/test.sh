@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The one command that runs the whole test suite: installs into .venv (with test tools),
+# installs redis-server when missing (the Redis integration tests start their own server on a
+# free loopback port), then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test: installing redis-server" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } >/dev/null
+  else
+    echo "test: redis-server is not installed; the Redis tests will be skipped (install it: apt-get install redis-server)" >&2
+  fi
+fi
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,253 @@
+"""The HTTP API with the real lifespan (`with TestClient(app)`): endpoints, errors, auth, cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from model.bundle import load_bundle
+from service.app import create_app, default_loader
+from service.settings import Settings
+
+
+def with_(settings: Settings, **changes) -> Settings:
+    """A validated copy (model_copy would skip validation)."""
+    return Settings(**{**settings.model_dump(), **changes})
+
+
+def wait_ready(client: TestClient, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get("/ready")
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(0.05)
+    raise AssertionError(f"not ready after {timeout}s: {r.json()}")
+
+
+@pytest.fixture(scope="module")
+def settings(slice_bundle: Path) -> Settings:
+    return Settings(bundle=slice_bundle, candidates=60, max_k=50, max_batch=8, max_body_bytes=20_000, save_index=False)
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def names(slice_bundle: Path) -> dict:
+    b = load_bundle(slice_bundle)
+    h, r, t = b.triples["train"][0].tolist()
+    return {"head_id": b.entity_ids[h], "head": b.entity_names[h], "relation": b.relation_ids[r], "tail_id": b.entity_ids[t], "tail": b.entity_names[t]}
+
+
+def test_predict_by_name_and_id(client: TestClient, names: dict) -> None:
+    by_name = client.post("/predict", json={"head": names["head"], "relation": names["relation"], "k": 5})
+    assert by_name.status_code == 200, by_name.text
+    body = by_name.json()
+    assert len(body["model"]) == 64
+    assert body["query"]["head"] == {"entity": names["head_id"], "name": names["head"]}
+    preds = body["predictions"]
+    assert len(preds) == 5 and [p["rank"] for p in preds] == [1, 2, 3, 4, 5]
+    assert all(0.0 <= p["score"] <= 1.0 for p in preds)
+    assert [p["score"] for p in preds] == sorted((p["score"] for p in preds), reverse=True)
+    assert not any(p["known"] for p in preds)  # filter_known defaults to true
+    by_id = client.post("/predict", json={"head": names["head_id"], "relation": names["relation"], "k": 5})
+    assert by_id.json()["predictions"] == preds
+    assert by_id.json()["cached"] is True  # same normalised query: one cache entry
+
+
+def test_second_identical_request_is_cached(client: TestClient, names: dict) -> None:
+    req = {"head": names["head_id"], "relation": names["relation"], "k": 7, "direction": "head"}
+    first = client.post("/predict", json=req).json()
+    second = client.post("/predict", json=req).json()
+    assert first["cached"] is False and second["cached"] is True
+    assert first["predictions"] == second["predictions"]
+
+
+def test_keep_known_flags_known_facts(client: TestClient, names: dict) -> None:
+    r = client.post("/predict", json={"head": names["head_id"], "relation": names["relation"], "k": 50, "filter_known": False})
+    preds = r.json()["predictions"]
+    assert len(preds) == 50
+    known = [p for p in preds if p["known"]]
+    filtered = client.post("/predict", json={"head": names["head_id"], "relation": names["relation"], "k": 50}).json()["predictions"]
+    assert not {p["entity"] for p in known} & {p["entity"] for p in filtered}
+
+
+def test_explain(client: TestClient, names: dict) -> None:
+    r = client.post("/explain", json={"head": names["head"], "relation": names["relation"], "k": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert sum(body["weights"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert set(body["weights"]) == {"structure", "text", "numeric", "multimodal"}
+    assert len(body["predictions"]) == 4
+    for p in body["predictions"]:
+        assert sum(b["contribution"] for b in p["branches"].values()) == pytest.approx(p["score"], abs=1e-9)
+        assert all(b["rank"] >= 1 for b in p["branches"].values())
+    one = client.post("/explain", json={"head": names["head"], "relation": names["relation"], "tail": names["tail"]}).json()
+    assert [p["entity"] for p in one["predictions"]] == [names["tail_id"]]
+    assert one["predictions"][0]["known"] is True  # the triple is in train
+
+
+def test_batch(client: TestClient, names: dict) -> None:
+    qs = [{"head": names["head_id"], "relation": names["relation"], "k": 3}, {"head": names["tail_id"], "relation": names["relation"], "k": 2, "direction": "head"}]
+    r = client.post("/predict/batch", json={"queries": qs})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [len(x["predictions"]) for x in results] == [3, 2]
+    single = client.post("/predict", json=qs[1]).json()
+    assert single["predictions"] == results[1]["predictions"]
+
+
+def test_entities_lookup(client: TestClient, names: dict) -> None:
+    word = names["head"].split()[0]
+    r = client.get("/entities", params={"q": word, "limit": 5})
+    assert r.status_code == 200
+    hits = r.json()["entities"]
+    assert 1 <= len(hits) <= 5 and any(h["entity"] == names["head_id"] or word.lower() in h["name"].lower() for h in hits)
+    assert client.get("/entities", params={"q": "zzzzqqq"}).json() == {"entities": []}
+    assert client.get("/entities").status_code == 422
+
+
+def test_unknown_names_are_404_with_suggestions(client: TestClient, names: dict) -> None:
+    r = client.post("/predict", json={"head": names["head"] + "x", "relation": names["relation"]})
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["type"] == "not_found" and err["field"] == "head" and names["head"] in err["suggestions"]
+    r = client.post("/predict", json={"head": names["head"], "relation": "/no/such"})
+    assert r.status_code == 404 and r.json()["error"]["field"] == "relation"
+    r = client.post("/explain", json={"head": names["head"], "relation": names["relation"], "tail": "Nobody Anywhere"})
+    assert r.status_code == 404 and r.json()["error"]["field"] == "tail"
+    r = client.post("/predict/batch", json={"queries": [{"head": names["head"], "relation": names["relation"]}, {"head": "Nobody Anywhere", "relation": names["relation"]}]})
+    assert r.status_code == 404 and r.json()["error"]["field"] == "queries[1].head"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"head": "x", "relation": "y", "k": 0},
+        {"head": "x", "relation": "y", "k": 51},  # above IMF_MAX_K
+        {"head": "x", "relation": "y", "k": "10"},  # wrong type: strict
+        {"head": "x", "relation": "y", "k": 2.5},
+        {"head": "x", "relation": "y", "direction": "sideways"},
+        {"head": "x", "relation": "y", "filter_known": "yes"},
+        {"relation": "y"},
+        {"head": "", "relation": "y"},
+        {"head": "x", "relation": "y", "unexpected": 1},
+        [],
+        "just a string",
+    ],
+)
+def test_invalid_parameters_are_422_json(client: TestClient, body) -> None:
+    r = client.post("/predict", json=body)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["type"] in ("validation_error", "invalid_request") and err["message"]
+
+
+def test_malformed_json_and_batches(client: TestClient, names: dict) -> None:
+    r = client.post("/predict", content=b'{"head": "x", ', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "validation_error"
+    assert client.post("/predict/batch", json={"queries": []}).status_code == 422
+    many = [{"head": names["head"], "relation": names["relation"]}] * 9  # IMF_MAX_BATCH is 8
+    r = client.post("/predict/batch", json={"queries": many})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "queries"
+
+
+def test_oversized_body_is_413_json(client: TestClient) -> None:
+    r = client.post("/predict", content=b"{" + b" " * 30_000 + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
+
+    def chunks():  # no Content-Length: the streamed size counts
+        for _ in range(30):
+            yield b" " * 1000
+
+    r = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_unknown_route_and_method_are_json(client: TestClient) -> None:
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+    r = client.get("/predict")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_health_ready_info_metrics(client: TestClient, names: dict) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["ready"] is True and ready["cache"]["backend"] == "memory" and ready["cache"]["ok"] is True
+    info = client.get("/info").json()
+    assert info["index"]["kind"] == "flat" and info["branches"][0] == "structure"
+    client.post("/predict", json={"head": names["head"], "relation": names["relation"], "k": 3})
+    text = client.get("/metrics").text
+    assert 'imf_requests_total{endpoint="/predict",method="POST",status="200"}' in text
+    assert "imf_cache_hits_total" in text and "imf_cache_misses_total" in text
+    assert "imf_request_seconds_bucket" in text and "imf_ready 1.0" in text
+
+
+def test_openapi_documents_the_endpoints(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/predict", "/predict/batch", "/explain", "/entities", "/health", "/ready", "/metrics"):
+        assert path in spec["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_api_key(settings: Settings, names: dict) -> None:
+    keyed = with_(settings, api_key="s3cret")
+    with TestClient(create_app(keyed)) as c:
+        wait_ready(c)
+        body = {"head": names["head"], "relation": names["relation"], "k": 2}
+        r = c.post("/predict", json=body)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+        assert c.post("/predict", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.post("/predict", json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.post("/predict", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/health").status_code == 200 and c.get("/ready").status_code == 200
+
+
+def test_not_ready_is_503_until_loaded(settings: Settings, names: dict) -> None:
+    gate = threading.Event()
+
+    def slow_loader(s: Settings):
+        gate.wait(30)
+        return default_loader(s)
+
+    with TestClient(create_app(settings, loader=slow_loader)) as c:
+        assert c.get("/health").status_code == 200
+        r = c.get("/ready")
+        assert r.status_code == 503 and r.json()["ready"] is False
+        r = c.post("/predict", json={"head": names["head"], "relation": names["relation"]})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready"
+        gate.set()
+        wait_ready(c)
+        assert c.post("/predict", json={"head": names["head"], "relation": names["relation"]}).status_code == 200
+
+
+def test_failed_load_is_reported_not_crashed(settings: Settings, tmp_path: Path) -> None:
+    broken = with_(settings, bundle=tmp_path / "missing")
+    with TestClient(create_app(broken)) as c:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "failed" not in c.get("/ready").json().get("error", ""):
+            time.sleep(0.05)
+        r = c.get("/ready")
+        assert r.status_code == 503 and "no such bundle" in r.json()["error"]
+        assert c.post("/predict", json={"head": "a", "relation": "b"}).status_code == 503
+
+
+def test_settings_fail_fast() -> None:
+    with pytest.raises(ValueError, match="port"):
+        Settings(port=0)
+    with pytest.raises(ValueError, match="redis"):
+        Settings(redis_url="http://localhost:6379")
+    with pytest.raises(ValueError, match="IMF_MAX_K"):
+        Settings(max_k=500, candidates=100)

@@ -1,0 +1,244 @@
+"""Caches: the in-process LRU and single-flight (unit), Redis for real (a redis-server the test
+starts on a free loopback port), and the service staying up when Redis goes down mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.cache import MemoryCache, RedisCache, SingleFlight, redacted
+from service.settings import Settings
+from tests.test_api import wait_ready, with_
+
+
+def test_memory_cache_lru_and_ttl() -> None:
+    now = [0.0]
+    cache = MemoryCache(2, clock=lambda: now[0])
+
+    async def scenario() -> None:
+        await cache.set("a", b"1", 10)
+        await cache.set("b", b"2", 10)
+        assert await cache.get("a") == b"1"  # a is now most recent
+        await cache.set("c", b"3", 10)  # evicts b, the least recently used
+        assert await cache.get("b") is None and await cache.get("c") == b"3"
+        now[0] = 11.0
+        assert await cache.get("a") is None  # expired
+        assert (await cache.status())["entries"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_single_flight_computes_once() -> None:
+    calls = []
+
+    async def scenario() -> None:
+        flight = SingleFlight()
+
+        async def work() -> int:
+            calls.append(1)
+            await asyncio.sleep(0.05)
+            return 42
+
+        results = await asyncio.gather(*(flight.run("k", work) for _ in range(5)))
+        assert [r for r, _ in results] == [42] * 5
+        assert sum(shared for _, shared in results) == 4
+        assert len(calls) == 1
+        # failures propagate to every waiter, and the key is free again afterwards
+        async def boom() -> int:
+            await asyncio.sleep(0.01)
+            raise RuntimeError("x")
+
+        outcomes = await asyncio.gather(*(flight.run("e", boom) for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(o, RuntimeError) for o in outcomes)
+        assert (await flight.run("e", work))[0] == 42
+
+    asyncio.run(scenario())
+
+
+def test_redacted() -> None:
+    assert redacted("redis://:pw@host:6379/0") == "redis://***@host:6379/0"
+    assert redacted("redis://host:6379") == "redis://host:6379"
+
+
+# ----------------------------------------------------------------------------- real Redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port (no persistence)."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            message = "redis-server not installed (apt-get install redis-server; .ci/run installs it)"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_timeout=0.2).ping()
+                return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=1)
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+def test_redis_cache_round_trip_and_ttl(redis_server: RedisServer) -> None:
+    errors = []
+
+    async def scenario() -> None:
+        cache = RedisCache(redis_server.url, on_error=lambda: errors.append(1))
+        await cache.set("imf:test", b"value", 100)
+        assert await cache.get("imf:test") == b"value"
+        assert await cache.get("imf:absent") is None
+        assert (await cache.status())["ok"] is True
+        await cache.close()
+
+    asyncio.run(scenario())
+    ttl = redis_server.client().ttl("imf:test")
+    assert 90 <= ttl <= 100
+    assert errors == []
+
+
+@pytest.mark.redis
+def test_redis_down_degrades_to_misses(redis_server: RedisServer) -> None:
+    errors = []
+    redis_server.stop()
+
+    async def scenario() -> None:
+        cache = RedisCache(redis_server.url, timeout_s=0.2, on_error=lambda: errors.append(1))
+        assert await cache.get("k") is None
+        await cache.set("k", b"v", 10)  # no exception
+        status = await cache.status()
+        assert status["ok"] is False and "error" in status
+        await cache.close()
+
+    asyncio.run(scenario())
+    assert len(errors) == 2
+
+
+@pytest.mark.redis
+def test_service_with_real_redis_and_redis_failing_mid_run(slice_bundle: Path, redis_server: RedisServer) -> None:
+    settings = Settings(bundle=slice_bundle, redis_url=redis_server.url, redis_timeout_s=0.2, save_index=False)
+    from model.bundle import load_bundle
+
+    b = load_bundle(slice_bundle)
+    h, r, _ = b.triples["train"][3].tolist()
+    req = {"head": b.entity_ids[h], "relation": b.relation_ids[r], "k": 5}
+    with TestClient(create_app(settings)) as c:
+        ready = wait_ready(c)
+        assert ready["cache"] == {"backend": "redis", "ok": True}
+        first = c.post("/predict", json=req).json()
+        second = c.post("/predict", json=req).json()
+        assert first["cached"] is False and second["cached"] is True
+        assert second["predictions"] == first["predictions"]
+        keys = [k.decode() for k in redis_server.client().keys("imf:*")]
+        assert len(keys) == 1 and first["model"][:16] in keys[0]
+        assert 0 < redis_server.client().ttl(keys[0]) <= settings.cache_ttl_s
+
+        redis_server.stop()  # Redis dies mid-run
+        third = c.post("/predict", json=req)
+        assert third.status_code == 200 and third.json()["cached"] is False
+        assert third.json()["predictions"] == first["predictions"]
+        ready = c.get("/ready")
+        assert ready.status_code == 200 and ready.json()["cache"]["ok"] is False
+        metrics = c.get("/metrics").text
+        errors = [line for line in metrics.splitlines() if line.startswith("imf_cache_errors_total")]
+        assert errors and float(errors[0].split()[-1]) >= 1
+        assert "imf_cache_up 0.0" in metrics
+
+        redis_server.start()  # and comes back: caching resumes without a restart
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not c.get("/ready").json()["cache"]["ok"]:
+            time.sleep(0.1)
+        c.post("/predict", json=req)
+        assert c.post("/predict", json=req).json()["cached"] is True
+
+
+@pytest.mark.redis
+def test_new_model_never_serves_old_answers(slice_bundle: Path, redis_server: RedisServer, tmp_path: Path) -> None:
+    """Keys carry the model fingerprint: a retrained model misses the old model's entries."""
+    import json as _json
+    import shutil as _shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from model.bundle import sha256_file
+
+    other = tmp_path / "other"
+    _shutil.copytree(slice_bundle, other)
+    state = load_file(str(other / "weights.safetensors"))
+    state["entity.weight"] = state["entity.weight"] + 0.5 * torch.randn_like(state["entity.weight"])
+    save_file(state, str(other / "weights.safetensors"), metadata={"format": "imf-bundle"})
+    manifest = _json.loads((other / "manifest.json").read_text())
+    digest = sha256_file(other / "weights.safetensors")
+    manifest["files"]["weights.safetensors"] = digest
+    manifest["model_fingerprint"] = digest
+    (other / "manifest.json").write_text(_json.dumps(manifest))
+
+    from model.bundle import load_bundle
+
+    b = load_bundle(slice_bundle)
+    h, r, _ = b.triples["train"][5].tolist()
+    req = {"head": b.entity_ids[h], "relation": b.relation_ids[r], "k": 5}
+    base = Settings(bundle=slice_bundle, redis_url=redis_server.url, save_index=False)
+    with TestClient(create_app(base)) as c:
+        wait_ready(c)
+        old = c.post("/predict", json=req).json()
+        assert c.post("/predict", json=req).json()["cached"] is True
+    with TestClient(create_app(with_(base, bundle=other))) as c:
+        wait_ready(c)
+        new = c.post("/predict", json=req).json()
+    assert new["cached"] is False and new["model"] != old["model"]
+    assert len(redis_server.client().keys("imf:*")) == 2

@@ -140,6 +140,12 @@ def write_dataset(raw: RawKG, out: Path, *, gzip_threshold: int = 2_000_000) -> 
 # --------------------------------------------------------------------------------------------
 
 
+def _label(entry: dict) -> str:
+    """A Wikidata label, or "" when it is missing or only the item's Q-id (no English label)."""
+    label = (entry.get("label") or "").strip()
+    return "" if re.fullmatch(r"Q\d+", label) else label
+
+
 def _read_wikidata(path: Path) -> dict[str, dict]:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
@@ -167,7 +173,7 @@ def read_fb15k_237(src: Path) -> RawKG:
     descs = {}
     for mid in set(text_names) | set(wiki):
         w = wiki.get(mid) or {}
-        names[mid] = (w.get("label") or text_names.get(mid) or mid).strip()
+        names[mid] = (_label(w) or text_names.get(mid) or mid).strip()
         descs[mid] = (w.get("description") or "").strip()
     rel_names = {}
     for line in (base / "relation2text.txt").read_text(encoding="utf-8").splitlines():
@@ -255,7 +261,7 @@ def read_db15k(src: Path) -> RawKG:
         uri, mid, _ = line.split(" ")
         key = ent_id(uri)
         w = wiki.get(mid) or {}
-        names[key] = (w.get("label") or key.replace("_", " ")).strip()
+        names[key] = (_label(w) or key.replace("_", " ")).strip()
         descs[key] = (w.get("description") or "").strip()
     rel_names = {}
     for rel in rels.values():

@@ -43,7 +43,16 @@ def top_k_with_filter(scores: np.ndarray, known: np.ndarray, k: int, *, filter_k
     ascending (deterministic under ties, whatever order the candidates came in). The returned
     `entity` fields are positions in `scores`.
     """
-    order = np.lexsort((np.arange(len(scores)) if ids is None else ids, -scores))
+    ids = np.arange(len(scores)) if ids is None else ids
+    need = k + (int(known.sum()) if filter_known else 0)
+    if need < len(scores) // 4:
+        # Only the top `need` can matter: keep every score >= the need-th largest (ties at the
+        # boundary included, so the result equals a full sort), then sort just those.
+        threshold = np.partition(scores, len(scores) - need)[len(scores) - need]
+        pool = np.flatnonzero(scores >= threshold)
+        order = pool[np.lexsort((ids[pool], -scores[pool]))]
+    else:
+        order = np.lexsort((ids, -scores))
     if filter_known:
         order = order[~known[order]]
     order = order[:k]

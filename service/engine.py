@@ -70,7 +70,12 @@ class Explained(Ranked):
 class Predictor:
     """Loaded model + tables + index; thread-safe for concurrent reads (no state changes)."""
 
-    def __init__(self, bundle: Bundle, index: CandidateIndex, tables: dict[str, Tensor], *, candidates: int, load_seconds: float) -> None:
+    def __init__(
+        self, bundle: Bundle, index: CandidateIndex, tables: dict[str, Tensor], *, candidates: int, load_seconds: float, scheme: str = "union"
+    ) -> None:
+        if scheme not in ("union", "surrogate"):
+            raise ValueError(f"scheme must be 'union' or 'surrogate', not {scheme!r}")
+        self.scheme = scheme  # "surrogate": the weighted-logit search alone (for measurements)
         self.bundle = bundle
         self.model: IMF = bundle.model
         self.index = index
@@ -176,7 +181,7 @@ class Predictor:
         filtering never leaves fewer than k results while candidates remain.
         """
         n, nb = self.num_entities, len(self.branches)
-        searches = 1 if nb == 1 else nb + 1
+        searches = 1 if nb == 1 or self.scheme == "surrogate" else nb + 1
         share = -(-self.candidates // searches)
         extra = max((len(kn) if q.filter_known else 0) for q, kn in zip(queries, known))
         depth_sur = min(n, max(share, max(q.k for q in queries)) + extra)

@@ -78,3 +78,21 @@ def test_rank_triples_matches_per_triple_reference(seed: int) -> None:
     assert set(report["per_direction"]) == {"head", "tail"}
     both = np.concatenate([ranks["tail"][FUSED], ranks["head"][FUSED]])
     assert report["mrr"] == pytest.approx(float(np.mean(1 / both)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_k_with_filter_matches_a_full_sort(seed: int) -> None:
+    from model.predict import top_k_with_filter
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 50, 2000).astype(np.float64)  # many ties, also at the cut
+    known = rng.random(2000) < 0.1
+    ids = rng.permutation(2000) + 10
+    for k in (1, 7, 40, 600):
+        for filt in (True, False):
+            got = [(p.entity, p.score, p.rank, p.known) for p in top_k_with_filter(scores, known, k, filter_known=filt, ids=ids)]
+            full = sorted(range(2000), key=lambda i: (-scores[i], ids[i]))
+            if filt:
+                full = [i for i in full if not known[i]]
+            ref = [(i, float(scores[i]), r + 1, bool(known[i])) for r, i in enumerate(full[:k])]
+            assert got == ref

@@ -199,7 +199,7 @@ class BodyLimit:
 def _answer(p: Predictor, q: EngineQuery, ranked: list) -> dict:
     """The cacheable part of a /predict answer."""
     return {
-        "query": {"head": p.entity_info(q.entity), "relation": p.relation_info(q.relation), "direction": q.direction},
+        "query": p.describe(q),
         "predictions": [{**p.entity_info(r.entity), "score": r.score, "rank": r.rank, "known": r.known} for r in ranked],
     }
 
@@ -272,11 +272,11 @@ def build_router() -> APIRouter:
     async def explain(body: ExplainRequest, state: StateDep, p: PredictorDep) -> dict:
         def work() -> dict:
             q = p.resolve(body.head, body.relation, direction=body.direction, k=body.k, filter_known=body.filter_known, max_k=state.settings.max_k)
-            tail = p.bundle.entity(body.tail) if body.tail is not None else None
+            tail = p.resolve_entity(body.tail, field="tail") if body.tail is not None else None
             weights, explained = p.explain(q, tail)
             return {
                 "model": p.bundle.fingerprint,
-                "query": {"head": p.entity_info(q.entity), "relation": p.relation_info(q.relation), "direction": q.direction},
+                "query": p.describe(q),
                 "weights": weights,
                 "predictions": [
                     {**p.entity_info(e.entity), "score": e.score, "rank": e.rank, "known": e.known, "branches": e.branches}
@@ -284,7 +284,7 @@ def build_router() -> APIRouter:
                 ],
             }
 
-        return await state.run(_translate_unknown(work, "tail"))
+        return await state.run(work)
 
     @api.get("/entities", response_model=EntitiesResponse, responses=responses, summary="Find entities by name (or id) substring")
     async def entities(state: StateDep, p: PredictorDep, q: Annotated[str, Query(min_length=1, max_length=200)], limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict:
@@ -304,20 +304,6 @@ def build_router() -> APIRouter:
         }
 
     return api
-
-
-def _translate_unknown(fn: Callable[[], dict], field_name: str) -> Callable[[], dict]:
-    """Unknown `tail` names in /explain become NotFound with suggestions, like head/relation."""
-    from model.errors import UnknownNameError
-    from service.errors import NotFound
-
-    def wrapped() -> dict:
-        try:
-            return fn()
-        except UnknownNameError as exc:
-            raise NotFound(str(exc), field=field_name, suggestions=exc.suggestions) from exc
-
-    return wrapped
 
 
 def build_ops_router() -> APIRouter:

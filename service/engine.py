@@ -130,21 +130,29 @@ class Predictor:
             raise InvalidRequest(f"direction must be one of {list(DIRECTIONS)}", field="direction")
         if k < 1 or (max_k is not None and k > max_k):
             raise InvalidRequest(f"k must be between 1 and {max_k}", field="k")
-        try:
-            e = self.bundle.entity(head)
-        except UnknownNameError as exc:
-            raise NotFound(str(exc), field="head", suggestions=exc.suggestions) from exc
+        e = self.resolve_entity(head, field="head")
         try:
             r = self.bundle.relation(relation)
         except UnknownNameError as exc:
             raise NotFound(str(exc), field="relation", suggestions=exc.suggestions) from exc
         return Query(entity=e, relation=r, direction=direction, k=k, filter_known=filter_known)
 
+    def resolve_entity(self, key: str, *, field: str) -> int:
+        """An entity id or name -> index; NotFound naming `field`, with close names, else."""
+        try:
+            return self.bundle.entity(key)
+        except UnknownNameError as exc:
+            raise NotFound(str(exc), field=field, suggestions=exc.suggestions) from exc
+
     def entity_info(self, e: int) -> dict[str, str]:
         return {"entity": self.bundle.entity_ids[e], "name": self.bundle.entity_names[e]}
 
     def relation_info(self, r: int) -> dict[str, str]:
         return {"relation": self.bundle.relation_ids[r], "name": self.bundle.relation_names[r]}
+
+    def describe(self, q: Query) -> dict:
+        """The query as the API echoes it: resolved head and relation with names, direction."""
+        return {"head": self.entity_info(q.entity), "relation": self.relation_info(q.relation), "direction": q.direction}
 
     def search_entities(self, text: str, limit: int) -> list[dict[str, str]]:
         return [

@@ -63,6 +63,16 @@ def _tsv(text: str) -> str:
     return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
 
+def _share(folder: Path) -> None:
+    """Give the bundle the permissions of a normally created folder (mkdtemp makes it 0700):
+    readable by the service's user in a container, say. Honours the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
 def check_writable(out: Path, *, overwrite: bool) -> None:
     """Fail early when `out` exists (and overwrite is off) or its parent cannot be created."""
     out = Path(out)
@@ -125,6 +135,7 @@ def save_bundle(
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float), encoding="utf-8")
+        _share(tmp)
         if out.exists():
             # Replace an existing bundle: move it aside first so a failure leaves one intact copy.
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -268,6 +279,8 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mpath}: corrupt JSON: {exc}") from exc
+    except OSError as exc:
+        raise BundleError(f"{mpath}: cannot read ({exc.strerror}); check the permissions") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{mpath}: not an {FORMAT} manifest")
     version = manifest.get("format_version")
@@ -289,7 +302,11 @@ def verify_files(path: Path, manifest: dict) -> None:
         fpath = path / name
         if not fpath.is_file():
             raise BundleError(f"{fpath}: missing")
-        if sha256_file(fpath) != digest:
+        try:
+            actual = sha256_file(fpath)
+        except OSError as exc:
+            raise BundleError(f"{fpath}: cannot read ({exc.strerror}); check the permissions") from exc
+        if actual != digest:
             raise BundleError(f"{fpath}: checksum mismatch (corrupt, truncated or replaced)")
     if files[WEIGHTS] != manifest["model_fingerprint"]:
         raise BundleError(f"{path / MANIFEST}: model_fingerprint does not match {WEIGHTS}")

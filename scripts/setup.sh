@@ -16,12 +16,12 @@ extras="${1:-}"
 python=${PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "setup: Python 3.11+ needed ($python is $("$python" -V 2>&1))" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${extras:-runtime}"
+stamp=".venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)-${extras:-runtime}"
 if [ -f "$stamp" ]; then exit 0; fi
 echo "setup: installing into .venv (first run only; about a minute)" >&2
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   if [ -n "${TORCH_INDEX_URL:-}" ]; then "${pip[@]}" torch==2.13.0 --index-url "$TORCH_INDEX_URL"; else "${pip[@]}" torch==2.13.0; fi
 fi
-"${pip[@]}" -e ".${extras:+[$extras]}"
+"${pip[@]}" -c constraints.txt -e ".${extras:+[$extras]}"
 touch "$stamp"

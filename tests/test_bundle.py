@@ -162,3 +162,20 @@ def test_existing_bundle_needs_overwrite(trained, saved: Path) -> None:
     save_bundle(saved, result.model, ds, training={}, metrics={}, overwrite=True)
     assert load_bundle(saved).fingerprint != before
     assert [n for n in os.listdir(saved.parent) if "run" in n] == ["run"]  # no temp or old copies left
+
+
+def test_bundle_is_readable_by_others(saved: Path) -> None:
+    import stat
+
+    mode = saved.stat().st_mode
+    assert mode & stat.S_IROTH and mode & stat.S_IXOTH  # not mkdtemp's 0700
+    assert (saved / "weights.safetensors").stat().st_mode & stat.S_IROTH
+
+
+def test_unreadable_file_is_a_clear_error(saved: Path, monkeypatch) -> None:
+    def denied(path: Path) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(bundle_mod, "sha256_file", denied)
+    with pytest.raises(BundleError, match="weights.safetensors: cannot read .Permission denied.; check the permissions"):
+        load_bundle(saved)

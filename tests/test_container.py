@@ -1,0 +1,285 @@
+"""The container image and the compose stack, for real: builds the Dockerfile and brings
+docker-compose.yml (the API and Redis) up with podman through ../shared/containers/compose.sh,
+with the `slice_bundle` model mounted read-only, then speaks HTTP to it.
+
+Opt-in, because it needs podman and takes minutes: IMF_CONTAINER_TESTS=1 runs it (after
+`eval "$(bash ../shared/containers/prepare.sh)"` succeeded); unset, it is skipped;
+IMF_CONTAINER_TESTS=skip:REASON (what CI sets when prepare.sh exits 77) skips it showing REASON.
+
+Timings (image build first and cached, stack start to ready) and the image size are written
+to the terminal at the end and to container_report.json in the pytest base temp directory
+(and to $IMF_CONTAINER_REPORT when set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model.bundle import load_bundle
+from tests.test_cache import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(os.environ.get("IMF_CONTAINER_SCRIPTS") or REPO.parent / "shared" / "containers")
+UID = "10001"  # the Dockerfile's unprivileged user
+
+
+def _skip_reason() -> str | None:
+    flag = os.environ.get("IMF_CONTAINER_TESTS", "").strip()
+    if flag == "1":
+        return None
+    if not flag:
+        return "container tests are opt-in: set IMF_CONTAINER_TESTS=1 after `eval \"$(bash ../shared/containers/prepare.sh)\"` succeeded"
+    if flag.startswith("skip:"):
+        return f"container tests skipped: {flag[5:].strip() or 'no reason given'}"
+    return f"IMF_CONTAINER_TESTS={flag!r}: only 1 runs the container tests"
+
+
+SKIP = _skip_reason()
+pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
+
+
+def _tail(text: str, n: int = 4000) -> str:
+    return text if len(text) <= n else "..." + text[-n:]
+
+
+@dataclass
+class Stack:
+    project: str
+    image: str
+    base_url: str
+    env: dict[str, str]
+    model_dir: Path
+    report: dict = field(default_factory=dict)
+
+    def run(self, *cmd: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{shlex.join(cmd)} exited {proc.returncode}\n--- stdout\n{_tail(proc.stdout)}\n--- stderr\n{_tail(proc.stderr)}")
+        return proc
+
+    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run("bash", str(SCRIPTS / "compose.sh"), "-p", self.project, "-f", str(REPO / "docker-compose.yml"), *args, timeout=timeout, check=check)
+
+    def container(self, service: str) -> str:
+        ids = self.run("podman", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}", "--filter", f"label=com.docker.compose.service={service}").stdout.split()
+        assert len(ids) == 1, f"expected one running {service} container in {self.project}, got {ids}"
+        return ids[0]
+
+    def logs(self, service: str) -> str:
+        try:
+            proc = self.run("podman", "logs", self.container(service), check=False)
+            return _tail(proc.stdout + proc.stderr)
+        except AssertionError as exc:
+            return str(exc)
+
+
+def _podman_env() -> dict[str, str]:
+    """This environment without the service's IMF_* settings (the runner's must not leak into
+    the stack; IMF_CONTAINER_* of the shared scripts stay), plus what prepare.sh says podman
+    needs here (`export NAME=VALUE` lines)."""
+    proc = subprocess.run(["bash", str(SCRIPTS / "prepare.sh")], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        pytest.fail(f"IMF_CONTAINER_TESTS=1 but {SCRIPTS / 'prepare.sh'} exited {proc.returncode}:\n{_tail(proc.stderr)}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMF_") or k.startswith("IMF_CONTAINER_")}
+    for line in proc.stdout.splitlines():
+        if line.startswith("export ") and "=" in line:
+            name, value = line[len("export "):].split("=", 1)
+            env[name] = " ".join(shlex.split(value))
+    # Keep the Dockerfile's HEALTHCHECK: podman builds OCI images by default, which have no field for it.
+    env["BUILDAH_FORMAT"] = "docker"
+    return env
+
+
+def _readable_copy(src: Path, dst: Path) -> Path:
+    """The bundle (without any saved FAISS index), readable by the image's unprivileged user:
+    save_bundle leaves the folder 0700 and the weights 0600."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("index", ".*"))
+    for p in [dst, *dst.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dst
+
+
+def _wait_ready(stack: Stack, base_url: str, service: str | None, timeout: float = 240) -> dict:
+    """Poll /ready until the model is loaded and the Redis cache is reachable."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(base_url=base_url, timeout=5) as http:
+        while time.monotonic() < deadline:
+            try:
+                res = http.get("/ready")
+                last = f"{res.status_code} {res.text[:300]}"
+                if res.status_code == 200 and res.json()["cache"].get("ok"):
+                    return res.json()
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            time.sleep(0.25)
+    logs = stack.logs(service) if service else ""
+    raise AssertionError(f"{base_url} not ready with Redis in {timeout:.0f} s; last: {last}\n--- logs\n{logs}")
+
+
+def _report(config: pytest.Config, base: Path, report: dict) -> None:
+    text = json.dumps(report, indent=2)
+    (base / "container_report.json").write_text(text)
+    if os.environ.get("IMF_CONTAINER_REPORT"):
+        Path(os.environ["IMF_CONTAINER_REPORT"]).write_text(text)
+    print(f"container report: {text}")
+    # shown without -s: written to the terminal with output capturing suspended
+    writer = config.pluginmanager.getplugin("terminalreporter")
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if writer is not None and capman is not None:
+        with capman.global_and_fixture_disabled():
+            writer.write_line("")
+            writer.write_line(f"container report ({base / 'container_report.json'}): " + json.dumps(report))
+
+
+@pytest.fixture(scope="module")
+def stack(slice_bundle: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    t0 = time.monotonic()
+    env = _podman_env()
+    prepare_s = round(time.monotonic() - t0, 1)
+    project = f"imftest{uuid.uuid4().hex[:8]}"
+    image = f"localhost/imf-serve:{project}"
+    port = free_port()
+    model_dir = _readable_copy(slice_bundle, tmp_path_factory.mktemp("container") / "model")
+    env.update(IMF_IMAGE=image, IMF_PORT=str(port), IMF_MODEL_DIR=str(model_dir))
+    s = Stack(project=project, image=image, base_url=f"http://127.0.0.1:{port}", env=env, model_dir=model_dir)
+    s.report["prepare_s"] = prepare_s
+
+    pidfile = Path(env.get("IMF_CONTAINER_STATE", "/var/tmp/imf-containers")) / "healthcheck.pid"
+    checker_before = pidfile.read_text().strip() if pidfile.exists() else None
+    try:
+        # the CPU torch wheel for the build context (a copy from pip's find-links folder)
+        t0 = time.monotonic()
+        s.run("bash", str(REPO / "scripts" / "container_wheels.sh"), timeout=300)
+        s.report["wheels_s"] = round(time.monotonic() - t0, 1)
+
+        t0 = time.monotonic()
+        build = s.compose("build", "api")
+        s.report["build_first_s"] = round(time.monotonic() - t0, 1)
+        # podman-compose does not fail when the build does: the fresh tag proves it worked
+        if s.run("podman", "image", "exists", image, check=False).returncode != 0:
+            raise AssertionError(f"the image was not built\n--- stdout\n{_tail(build.stdout, 8000)}\n--- stderr\n{_tail(build.stderr, 8000)}")
+        image_id = s.run("podman", "image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+        t0 = time.monotonic()
+        s.compose("build", "api")
+        s.report["build_cached_s"] = round(time.monotonic() - t0, 1)
+        s.report["rebuild_reused_cache"] = s.run("podman", "image", "inspect", "--format", "{{.Id}}", image).stdout.strip() == image_id
+        s.report["image_size_mb"] = round(int(s.run("podman", "image", "inspect", "--format", "{{.Size}}", image).stdout) / 1e6)
+
+        t0 = time.monotonic()
+        s.compose("up", "-d", timeout=300)
+        s.report["compose_up_s"] = round(time.monotonic() - t0, 1)
+        ready = _wait_ready(s, s.base_url, "api")
+        ready_at = time.time_ns()
+        s.report["up_to_ready_s"] = round(time.monotonic() - t0, 1)
+        started = int(s.run("podman", "inspect", "--format", "{{.State.StartedAt.UnixNano}}", s.container("api")).stdout)
+        s.report["api_start_to_ready_s"] = round((ready_at - started) / 1e9, 2)
+        s.report["ready"] = ready
+        yield s
+    finally:
+        down = s.compose("down", "-t", "1", timeout=180, check=False)
+        s.run("podman", "network", "rm", "-f", f"{project}_default", check=False)
+        s.run("podman", "untag", image, check=False)  # its layers stay cached for the next run
+        # compose.sh stops its healthcheck loop only on a plain `down`: stop the one this run started
+        checker = pidfile.read_text().strip() if pidfile.exists() else None
+        if checker and checker != checker_before:
+            subprocess.run(["kill", checker], check=False, capture_output=True)
+            pidfile.unlink(missing_ok=True)
+        if s.report:
+            _report(request.config, tmp_path_factory.getbasetemp(), s.report)
+        leftovers = s.run("podman", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}", check=False).stdout.split()
+        assert not leftovers, f"containers left after down: {leftovers}\n{_tail(down.stdout)}"
+
+
+@pytest.fixture(scope="module")
+def query(slice_bundle: Path) -> dict:
+    """A real query of the mounted model, by entity name (as a user would send it)."""
+    b = load_bundle(slice_bundle)
+    h, r, t = b.triples["train"][0].tolist()
+    return {"head": b.entity_names[h], "relation": b.relation_ids[r], "k": 5, "tail": b.entity_ids[t], "fingerprint": b.fingerprint}
+
+
+def test_image_is_lean_unprivileged_and_cpu_only(stack: Stack) -> None:
+    fmt = "{{.Config.User}}|{{json .Config.Healthcheck}}|{{json .Config.Cmd}}"
+    user, health, cmd = stack.run("podman", "image", "inspect", "--format", fmt, stack.image).stdout.strip().split("|", 2)
+    assert user.split(":")[0] == UID
+    assert "/health" in health, health
+    assert json.loads(cmd)[:2] == ["imf", "serve"]
+    assert stack.report["image_size_mb"] < 2500, "a CUDA build of torch got in?"
+    api = stack.container("api")
+    assert stack.run("podman", "exec", api, "id", "-u").stdout.strip() == UID
+    probe = (
+        "import shutil, torch, os; "
+        "assert torch.version.cuda is None, torch.__version__; "
+        "tools = [t for t in ('gcc', 'cc', 'g++', 'make') if shutil.which(t)]; assert not tools, tools; "
+        "junk = [p for p in ('/root/.cache/pip', '/tmp/wheels', '/src', '/src/data') if os.path.exists(p)]; assert not junk, junk"
+    )
+    stack.run("podman", "exec", "--user", "0", api, "python", "-c", probe)
+    # the model is mounted read-only, and the service copes (it cannot save its FAISS index)
+    assert stack.run("podman", "exec", api, "touch", "/models/default/probe", check=False).returncode != 0
+    assert not (stack.model_dir / "index").exists()
+    assert "index not saved" in stack.logs("api")
+
+
+def test_predict_is_cached_in_redis_and_explain_works(stack: Stack, query: dict) -> None:
+    body = {k: query[k] for k in ("head", "relation", "k")}
+    with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+        assert http.get("/health").json() == {"status": "ok"}
+        first = http.post("/predict", json=body)
+        assert first.status_code == 200, first.text
+        first = first.json()
+        assert first["model"] == query["fingerprint"] and first["cached"] is False
+        assert first["query"]["head"]["name"] == query["head"] and len(first["predictions"]) == 5
+        second = http.post("/predict", json=body).json()
+        assert second["cached"] is True and second["predictions"] == first["predictions"]
+
+        redis = stack.container("redis")
+        keys = stack.run("podman", "exec", redis, "redis-cli", "--scan", "--pattern", "imf:*").stdout.split()
+        mine = [k for k in keys if query["fingerprint"][:16] in k]
+        assert len(mine) == 1, keys
+        ttl = int(stack.run("podman", "exec", redis, "redis-cli", "ttl", mine[0]).stdout)
+        assert 0 < ttl <= 3600
+
+        exp = http.post("/explain", json={"head": query["head"], "relation": query["relation"], "tail": query["tail"]})
+        assert exp.status_code == 200, exp.text
+        exp = exp.json()
+        assert exp["predictions"][0]["entity"] == query["tail"]
+        assert exp["weights"] and exp["predictions"][0]["branches"]
+        metrics = http.get("/metrics").text
+        assert "imf_cache_up 1.0" in metrics
+
+
+def test_second_replica_shares_the_redis_cache(stack: Stack, query: dict) -> None:
+    """One more API container on the stack's network (what `--scale api=2` gives): it answers
+    a query the first replica computed from Redis, without computing it."""
+    body = {"head": query["head"], "relation": query["relation"], "k": 3}
+    with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+        assert http.post("/predict", json=body).status_code == 200
+    port = free_port()
+    name = f"{stack.project}_api_2"
+    stack.run(
+        "podman", "run", "-d", "--name", name, "--network", f"{stack.project}_default", "--read-only", "--tmpfs", "/tmp",
+        "-e", "IMF_REDIS_URL=redis://redis:6379/0", "-v", f"{stack.model_dir}:/models/default:ro",
+        "-p", f"127.0.0.1:{port}:8000", stack.image,
+    )
+    try:
+        t0 = time.monotonic()
+        _wait_ready(stack, f"http://127.0.0.1:{port}", None, timeout=180)
+        stack.report["replica_start_to_ready_s"] = round(time.monotonic() - t0, 1)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            res = http.post("/predict", json=body).json()
+        assert res["cached"] is True and res["model"] == query["fingerprint"]
+    finally:
+        stack.run("podman", "rm", "-f", "-t", "1", name, check=False)

@@ -64,17 +64,17 @@ def recall(p: Predictor, queries: list[Query], exact: list[set[int]]) -> float:
     return hits / max(1, sum(len(e) for e in exact))
 
 
-def engine_phase(bundle: Path, n_queries: int, candidates: int) -> dict:
+def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str) -> dict:
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     index_dir = bundle / "index"
     for f in index_dir.glob("*") if index_dir.is_dir() else []:
         f.unlink()
     t0 = time.monotonic()
-    p = Predictor.load(bundle, candidates=candidates)
+    p = Predictor.load(bundle, candidates=candidates, index_kind=index_kind)
     first_start = time.monotonic() - t0
     t0 = time.monotonic()
-    p = Predictor.load(bundle, candidates=candidates)
+    p = Predictor.load(bundle, candidates=candidates, index_kind=index_kind)
     later_start = time.monotonic() - t0
     queries = make_queries(p, n_queries)
     t_exh = []
@@ -202,6 +202,8 @@ def main() -> int:
     ap.add_argument("--http-requests", type=int, default=600, help="distinct queries sent over HTTP (half with 1 client, half with 32)")
     ap.add_argument("--candidates", type=int, default=200, help="K' (the service default is 200)")
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--engine-index", default="flat", help="index of the engine phase (recall and speed of retrieval; default flat)")
+    ap.add_argument("--http-index", default="auto", help="IMF_INDEX of the server in the HTTP phase (default auto, the service default)")
     args = ap.parse_args()
     if args.synthetic:
         from bench.synthetic import make_synthetic
@@ -216,7 +218,7 @@ def main() -> int:
     result = {
         "name": args.name,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, faiss {faiss.__version__}",
-        "engine": engine_phase(bundle, args.queries, args.candidates),
+        "engine": engine_phase(bundle, args.queries, args.candidates, args.engine_index),
     }
     print(json.dumps(result["engine"], indent=1), flush=True)
     if not args.skip_http:
@@ -232,7 +234,8 @@ def main() -> int:
         ]
         del b
         gc.collect()
-        result["http"] = http_phase(bundle, bodies, {"IMF_CANDIDATES": str(args.candidates)})
+        result["http"] = http_phase(bundle, bodies, {"IMF_CANDIDATES": str(args.candidates), "IMF_INDEX": args.http_index})
+        result["http"]["index"] = args.http_index
     out = REPO / "bench" / "results" / f"serve-{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -247,7 +250,7 @@ def main() -> int:
     print(f"| start-up: first (builds index) / later (loads it) | {e['first_start_s']:.1f} s / {e['later_start_s']:.1f} s |")
     if "http" in result:
         h = result["http"]
-        print(f"| server: time to /ready, RSS | {h['time_to_ready_s']:.1f} s, {h['rss_after_load_mb']:.0f} MB |")
+        print(f"| server (IMF_INDEX={h['index']}): time to /ready, RSS | {h['time_to_ready_s']:.1f} s, {h['rss_after_load_mb']:.0f} MB |")
         for c in ("1_clients", "32_clients"):
             r = h[c]
             print(f"| HTTP {c.replace('_', ' ')}: miss p50 / p99, req/s | {r['miss_p50_ms']:.1f} / {r['miss_p99_ms']:.1f} ms, {r['miss_rps']:.0f}/s |")

@@ -299,7 +299,7 @@ def build_router() -> APIRouter:
             "branches": m.get("branches"),
             "modalities": m.get("modalities"),
             "metrics": m.get("metrics"),
-            "index": {"kind": p.index.kind, "ntotal": p.index.ntotal, "candidates": p.candidates},
+            "index": {"kind": p.index_kind, "candidates": p.candidates if p.index is not None else p.num_entities},
             "version": __version__,
         }
 

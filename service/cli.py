@@ -24,9 +24,12 @@ log = logging.getLogger("imf")
 
 # The bundled default: what `imf serve` trains when artifacts/default is missing. Small and
 # time-boxed so a fresh clone serves within minutes on 2 CPU cores; docs/benchmarks.md says how
-# good it is and how to train a better one.
+# good it is and how to train a better one. No dropout: in a 4-minute budget on FB15k-237 it
+# reached valid MRR 0.080 against 0.030 with TuckER's dropouts (which pay off only over many
+# epochs).
 DEFAULT_TRAINING = [
     "--dataset", "fb15k-237", "--dim", "64", "--epochs", "100", "--lr", "0.01",
+    "--input-dropout", "0", "--hidden-dropout1", "0", "--hidden-dropout2", "0",
     "--max-minutes", "5", "--patience", "100",
 ]
 

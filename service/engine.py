@@ -34,7 +34,7 @@ from model.errors import UnknownNameError
 from model.imf import IMF
 from model.predict import DIRECTIONS, exhaustive_scores, known_mask, query_relation, top_k_with_filter
 from service.errors import InvalidRequest, NotFound
-from service.index import INDEX_DIR, CandidateIndex, resolve_kind
+from service.index import EXACT, INDEX_DIR, CandidateIndex, resolve_kind
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ class Predictor:
     """Loaded model + tables + index; thread-safe for concurrent reads (no state changes)."""
 
     def __init__(
-        self, bundle: Bundle, index: CandidateIndex, tables: dict[str, Tensor], *, candidates: int, load_seconds: float, scheme: str = "union"
+        self, bundle: Bundle, index: CandidateIndex | None, tables: dict[str, Tensor], *, candidates: int, load_seconds: float, scheme: str = "union"
     ) -> None:
+        """index None: no retrieval, every query scores all entities exactly."""
         if scheme not in ("union", "surrogate"):
             raise ValueError(f"scheme must be 'union' or 'surrogate', not {scheme!r}")
         self.scheme = scheme  # "surrogate": the weighted-logit search alone (for measurements)
@@ -85,6 +86,7 @@ class Predictor:
         self.branches = self.model.branches
         self.num_entities = len(bundle.entity_ids)
         self.num_relations = bundle.num_relations
+        self.index_kind = EXACT if index is None else index.kind
 
     # ------------------------------------------------------------------ start-up
 
@@ -107,8 +109,12 @@ class Predictor:
         kind = resolve_kind(index_kind, n)
         xb = torch.cat([tables[b] for b in bundle.model.branches], dim=1).numpy()  # (N, nb * d)
         folder = Path(path) / INDEX_DIR
-        index = CandidateIndex.load(folder, kind, bundle.fingerprint, xb.shape[1], n, nprobe=nprobe, refine_factor=refine_factor)
-        if index is None:
+        index = None
+        if kind != EXACT:
+            index = CandidateIndex.load(folder, kind, bundle.fingerprint, xb.shape[1], n, nprobe=nprobe, refine_factor=refine_factor)
+        if kind == EXACT:
+            log.info("no index: every query scores all %d entities with the full model", n)
+        elif index is None:
             index = CandidateIndex.build(xb, kind, nprobe=nprobe, refine_factor=refine_factor)
             if save_index:
                 try:
@@ -223,9 +229,12 @@ class Predictor:
         rels = [self._rel(q) for q in queries]
         qv, w = self._queries([q.entity for q in queries], rels)
         known = [self._known_rows(q) for q in queries]
-        ids = self.candidates_for(queries, qv, w, known)  # (B, M), -1 padded
+        if self.index is None:  # exact: every entity is a candidate
+            ids = np.broadcast_to(np.arange(self.num_entities), (len(queries), self.num_entities))
+        else:
+            ids = self.candidates_for(queries, qv, w, known)  # (B, M), -1 padded
         valid = ids >= 0
-        cand = torch.from_numpy(np.where(valid, ids, 0))
+        cand = None if self.index is None else torch.from_numpy(np.where(valid, ids, 0))
         _, p = self.model.rescore(qv, w, self.tables, cand)  # (B, M) exact fused probabilities
         p = p.numpy()
         out = []

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1, le=10_000, description="largest k a request may ask for (IMF_MAX_K)")
     max_batch: int = Field(64, ge=1, le=10_000, description="most queries in one /predict/batch request (IMF_MAX_BATCH)")
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="largest request body; larger gets 413 (IMF_MAX_BODY_BYTES)")
-    index: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = Field("auto", description="FAISS index type; auto = flat below 200k entities, ivfpq above (IMF_INDEX)")
+    index: Literal["auto", "exact", "flat", "ivf", "ivfpq", "hnsw"] = Field("auto", description="candidate retrieval: a FAISS index type, or exact (score every entity); auto = exact below 200k entities, ivfpq above (IMF_INDEX)")
     nprobe: int = Field(32, ge=1, description="IVF lists visited per search (IMF_NPROBE)")
     refine_factor: int = Field(4, ge=1, le=64, description="ivfpq: exact re-ranking of refine_factor x K' codes (IMF_REFINE_FACTOR)")
     torch_threads: int = Field(1, ge=1, le=256, description="intra-op threads per request (IMF_TORCH_THREADS)")

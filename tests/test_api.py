@@ -186,7 +186,7 @@ def test_health_ready_info_metrics(client: TestClient, names: dict) -> None:
     ready = client.get("/ready").json()
     assert ready["ready"] is True and ready["cache"]["backend"] == "memory" and ready["cache"]["ok"] is True
     info = client.get("/info").json()
-    assert info["index"]["kind"] == "flat" and info["branches"][0] == "structure"
+    assert info["index"]["kind"] == "exact" and info["branches"][0] == "structure"  # auto, small graph
     client.post("/predict", json={"head": names["head"], "relation": names["relation"], "k": 3})
     text = client.get("/metrics").text
     assert 'imf_requests_total{endpoint="/predict",method="POST",status="200"}' in text

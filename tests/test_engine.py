@@ -20,7 +20,7 @@ from service.index import INDEX_DIR, CandidateIndex
 def predictor(slice_bundle: Path, tmp_path_factory) -> Predictor:
     copy = tmp_path_factory.mktemp("engine") / "bundle"
     shutil.copytree(slice_bundle, copy)
-    return Predictor.load(copy, candidates=50)
+    return Predictor.load(copy, candidates=50, index_kind="flat")  # the FAISS retrieval path
 
 
 def queries(p: Predictor, n: int, seed: int) -> list[Query]:
@@ -58,6 +58,17 @@ def test_full_depth_retrieval_equals_exhaustive_scoring(predictor: Predictor, se
         assert [r.rank for r in got] == list(range(1, len(ref) + 1))
         # and the engine's own exhaustive path agrees too
         assert [r.entity for r in full.predict_exhaustive(q)] == [e for e, _, _ in ref]
+
+
+def test_exact_mode_scores_every_entity(predictor: Predictor, slice_bundle: Path) -> None:
+    exact = Predictor.load(slice_bundle, index_kind="auto", save_index=False)  # small graph: auto = exact
+    assert exact.index is None and exact.index_kind == "exact"
+    for q in queries(exact, 12, 4):
+        got = exact.predict(q)
+        ref = exhaustive_reference(exact, q)
+        assert [r.entity for r in got] == [e for e, _, _ in ref]
+        assert [r.known for r in got] == [k for _, _, k in ref]
+    assert exact.predict_many(queries(exact, 5, 6))  # batches too
 
 
 def test_filtering_never_returns_fewer_than_k(predictor: Predictor) -> None:

@@ -116,8 +116,11 @@ class CandidateIndex:
         if kind == "ivfpq":
             index = faiss.IndexRefineFlat(index)
         if not index.is_trained:
+            # k-means wants ~40 points per centroid (FAISS warns below 39); PQ is happy with fewer.
+            nlist = int(desc[3:].split(",")[0]) if desc.startswith("IVF") else 0
+            size = min(n, max(100_000, 40 * nlist))
             rng = np.random.default_rng(seed)
-            sample = xb[rng.choice(n, size=min(n, 100_000), replace=False)] if n > 100_000 else xb
+            sample = xb[rng.choice(n, size=size, replace=False)] if size < n else xb
             index.train(sample)
         index.add(xb)
         log.info("built %s index (%s) over %d x %d in %.1fs", kind, desc, n, dim, time.monotonic() - t0)

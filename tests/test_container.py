@@ -99,12 +99,15 @@ def _podman_env() -> dict[str, str]:
             env[name] = " ".join(shlex.split(value))
     # Keep the Dockerfile's HEALTHCHECK: podman builds OCI images by default, which have no field for it.
     env["BUILDAH_FORMAT"] = "docker"
+    # A FAISS index (IMF_INDEX=auto would score this small graph exactly, without one), so the
+    # container exercises retrieval and the read-only mount where the index cannot be saved.
+    env["IMF_INDEX"] = "flat"
     return env
 
 
 def _readable_copy(src: Path, dst: Path) -> Path:
-    """The bundle (without any saved FAISS index), readable by the image's unprivileged user:
-    save_bundle leaves the folder 0700 and the weights 0600."""
+    """The bundle (without any saved FAISS index), readable by the image's unprivileged user
+    whatever the umask of the machine that wrote it."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("index", ".*"))
     for p in [dst, *dst.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)

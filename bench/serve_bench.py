@@ -3,7 +3,11 @@ latency / throughput of the real server (cache miss and hit, 1 and 32 clients), 
 and resident memory.
 
     python bench/serve_bench.py --bundle artifacts/default --name fb15k-237
-    python bench/serve_bench.py --synthetic 1000000 --name synthetic-1m
+    python bench/serve_bench.py --scale-from artifacts/default --entities 1000000 --name scaled-1m --engine-index auto
+    python bench/serve_bench.py --synthetic 1000000 --name synthetic-1m --engine-index auto
+
+(bench/synthetic.py says what the two kinds of large bundle are, and why candidate recall means
+something on the scaled one only.)
 
 Phases (same queries throughout: test triples, tail and head prediction alternating):
 1. engine, in-process, 1 torch + 1 FAISS thread: start-up (first start builds the FAISS index,
@@ -196,7 +200,9 @@ def http_phase(bundle: Path, names: list[dict], env_extra: dict[str, str]) -> di
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=None)
-    ap.add_argument("--synthetic", type=int, default=None, help="generate a synthetic bundle with this many entities")
+    ap.add_argument("--synthetic", type=int, default=None, help="generate a random-weight bundle with this many entities")
+    ap.add_argument("--scale-from", type=Path, default=None, help="copy this trained bundle's entities up to --entities (jittered)")
+    ap.add_argument("--entities", type=int, default=1_000_000, help="size of the --scale-from bundle")
     ap.add_argument("--name", required=True)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--http-requests", type=int, default=600, help="distinct queries sent over HTTP (half with 1 client, half with 32)")
@@ -213,8 +219,18 @@ def main() -> int:
             t0 = time.monotonic()
             make_synthetic(bundle, args.synthetic, overwrite=True)
             print(f"generated {bundle} in {time.monotonic() - t0:.0f}s", flush=True)
+    elif args.scale_from:
+        from bench.synthetic import make_scaled
+
+        bundle = REPO / "bench" / ".cache" / f"scaled-{args.entities}"
+        if not (bundle / "manifest.json").exists():
+            t0 = time.monotonic()
+            make_scaled(args.scale_from, bundle, args.entities, overwrite=True)
+            print(f"generated {bundle} in {time.monotonic() - t0:.0f}s", flush=True)
     else:
         bundle = args.bundle
+    if bundle is None:
+        ap.error("one of --bundle, --synthetic, --scale-from is required")
     result = {
         "name": args.name,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, faiss {faiss.__version__}",

@@ -1,11 +1,24 @@
-"""A synthetic bundle with the IMF architecture at any size (random weights), for serving benchmarks.
+"""Large bundles with the IMF architecture, for serving benchmarks at scale.
 
     python bench/synthetic.py --entities 1000000 --out bench/.cache/synthetic-1m
+    python bench/synthetic.py --entities 1000000 --scale-from artifacts/default --out bench/.cache/scaled-1m
 
-Branches structure, text, numeric, multimodal (like the FB15k-237 model), d=64 by default;
-random features (text 32-d, numeric 16-d, with 10% of entities lacking numeric), random known
-triples (2 per entity) so the known-fact filter has work to do. Only speed, memory and candidate
-recall are meaningful on it; its predictions are noise.
+Random (default): branches structure, text, numeric, multimodal (like the FB15k-237 model),
+d=64; random weights and features (text 32-d, numeric 16-d, 10% of entities lacking numeric),
+random known triples (2 per entity). Speed and memory are meaningful on it; candidate recall is
+not: random weights give logits with a standard deviation of about 6 around 0, so the sigmoids
+of a large share of the entities saturate at 1, the fused top 10 is a near-tie among thousands,
+and no logit-space search recovers its order. A trained model looks nothing like that (almost
+every entity has a very negative logit, a few are near the decision boundary).
+
+Scaled (`--scale-from BUNDLE`): a trained bundle's model with its entities copied until there
+are `--entities`, every copy jittered (Gaussian noise of `--jitter` times each column's standard
+deviation on the structure embedding, the projected features and the residuals). The first N
+entities are the originals, unchanged, with their names and known triples, so the original test
+queries run on it; every decoder, relation and decision weight is the trained one, so the logit
+distribution is a trained model's. Each modality's linear projection is folded into the stored
+features (identity projection, d-dimensional features), which keeps the bundle small and scores
+exactly as the original on the original entities.
 """
 
 from __future__ import annotations
@@ -13,14 +26,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.bundle import save_bundle  # noqa: E402
+from model.bundle import load_bundle, save_bundle  # noqa: E402
 from model.data import KGDataset  # noqa: E402
 from model.imf import IMF, IMFConfig  # noqa: E402
 
@@ -60,15 +75,71 @@ def make_synthetic(out: Path, entities: int, *, relations: int = 237, dim: int =
     return save_bundle(out, model, ds, training={"synthetic": True, "seed": seed}, metrics={}, overwrite=overwrite)
 
 
+def make_scaled(source: Path, out: Path, entities: int, *, jitter: float = 0.5, seed: int = 0, overwrite: bool = False) -> Path:
+    """`source`'s model with its entities copied (and jittered) up to `entities`; see the module doc."""
+    src = load_bundle(source)
+    m = src.model.eval()
+    n, d = m.cfg.num_entities, m.cfg.dim
+    if entities < n:
+        raise ValueError(f"--entities {entities} is smaller than the source's {n}")
+    gen = torch.Generator().manual_seed(seed)
+    origin = torch.arange(entities) % n  # (E,) the original each entity copies
+    copy = torch.arange(entities) >= n
+
+    def grow(table: Tensor) -> Tensor:
+        """(n, d) -> (entities, d): originals unchanged, copies jittered."""
+        big = table[origin].float().clone()
+        noise = torch.randn(int(copy.sum()), table.shape[1], generator=gen) * (jitter * table.float().std(0))
+        big[copy] += noise
+        return big
+
+    with torch.no_grad():
+        feats = {mod: grow(m.projection[mod](getattr(m, f"features_{mod}").float())) for mod in m.modalities}
+        present = {mod: m.present(mod)[origin] for mod in m.modalities}
+        cfg = replace(m.cfg, num_entities=entities, modalities={mod: d for mod in m.modalities})
+        big = IMF(cfg, feats, present)
+        state = {k: v for k, v in m.state_dict().items() if not k.startswith(("features_", "present_", "entity.", "residual.", "projection."))}
+        missing, unexpected = big.load_state_dict(state, strict=False)
+        assert not unexpected, unexpected
+        big.entity.weight.copy_(grow(m.entity.weight))
+        for mod in m.modalities:
+            big.projection[mod].weight.copy_(torch.eye(d))
+            big.projection[mod].bias.zero_()
+            if cfg.feature_residual:
+                big.residual[mod].weight.copy_(grow(m.residual[mod].weight))
+    big.eval()
+    names = [src.entity_names[i] if i < n else f"{src.entity_names[i % n]} (copy {i // n})" for i in range(entities)]
+    ids = [src.entity_ids[i] if i < n else f"{src.entity_ids[i % n]}~{i // n}" for i in range(entities)]
+    ds = KGDataset(
+        name=f"scaled-{entities}",
+        root=out,
+        entity_ids=ids,
+        entity_names=names,
+        entity_descriptions=[""] * entities,
+        relation_ids=src.relation_ids,
+        relation_names=src.relation_names,
+        train=src.triples["train"],
+        valid=src.triples["valid"],
+        test=src.triples["test"],
+        fingerprint=f"scaled-{entities}-{src.fingerprint}-{jitter}-{seed}",
+    )
+    return save_bundle(out, big, ds, training={"scaled_from": str(source), "jitter": jitter, "seed": seed}, metrics={}, overwrite=overwrite)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entities", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--scale-from", type=Path, default=None, help="a trained bundle to copy up to --entities (see above)")
+    ap.add_argument("--jitter", type=float, default=0.5)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
     t0 = time.monotonic()
-    make_synthetic(args.out, args.entities, dim=args.dim, overwrite=args.overwrite)
+    if args.scale_from:
+        make_scaled(args.scale_from, args.out, args.entities, jitter=args.jitter, overwrite=args.overwrite)
+    else:
+        make_synthetic(args.out, args.entities, dim=args.dim, overwrite=args.overwrite)
     print(f"wrote {args.out} in {time.monotonic() - t0:.0f}s")
     return 0
 

@@ -97,10 +97,23 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str)
         for scheme in ("union", "surrogate"):
             variant = Predictor(p.bundle, p.index, p.tables, candidates=kp, load_seconds=0, scheme=scheme)
             sweep[f"{scheme}@{kp}"] = recall(variant, queries, exact)
+    nprobe_sweep = {}
+    if p.index is not None and p.index.kind in ("ivf", "ivfpq"):  # the IVF speed / recall trade-off
+        default = p.index.nprobe
+        for nprobe in (32, 64, 128, 256):
+            p.index.nprobe = nprobe
+            t = []
+            hits = 0
+            for q, e in zip(queries, exact):
+                t0 = time.perf_counter()
+                hits += len(e & {x.entity for x in p.predict(q)})
+                t.append(time.perf_counter() - t0)
+            nprobe_sweep[str(nprobe)] = {"recall_at_10": hits / max(1, sum(len(e) for e in exact)), "p50_ms": 1000 * pct(t, 50)}
+        p.index.nprobe = default
     out = {
         "entities": p.num_entities,
         "branches": p.branches,
-        "index": p.index.kind,
+        "index": p.index.kind if p.index is not None else "exact",
         "candidates_default": candidates,
         "first_start_s": first_start,
         "later_start_s": later_start,
@@ -110,6 +123,9 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str)
         "exhaustive_p50_ms": 1000 * pct(t_exh, 50),
         "exhaustive_p99_ms": 1000 * pct(t_exh, 99),
         "speedup_p50": pct(t_exh, 50) / pct(t_fast, 50),
+        "nprobe": p.index.nprobe if p.index is not None else None,
+        "refine_factor": p.index.refine_factor if p.index is not None else None,
+        "nprobe_sweep": nprobe_sweep,
         "queries": len(queries),
     }
     del p
@@ -256,13 +272,15 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     e = result["engine"]
-    print(f"\n### {args.name}: {e['entities']:,} entities, branches {', '.join(e['branches'])}, {e['index']} index, K'={e['candidates_default']}\n")
+    print(f"\n### {args.name}: {e['entities']:,} entities, branches {', '.join(e['branches'])}, {e['index']} index, K'={e['candidates_default']}, nprobe {e['nprobe']}, refine {e['refine_factor']}\n")
     print("| measure | value |\n|---|---|")
     print(f"| recall@10 vs exhaustive, default K' (union / surrogate only) | {e['recall_at_10'][f'union@{args.candidates}']:.4f} / {e['recall_at_10'][f'surrogate@{args.candidates}']:.4f} |")
     print(f"| recall@10 sweep | {', '.join(f'{k}: {v:.4f}' for k, v in e['recall_at_10'].items())} |")
     print(f"| engine p50 / p99, retrieve + rescore | {e['engine_p50_ms']:.2f} / {e['engine_p99_ms']:.2f} ms |")
     print(f"| engine p50 / p99, exhaustive (baseline) | {e['exhaustive_p50_ms']:.2f} / {e['exhaustive_p99_ms']:.2f} ms |")
     print(f"| speed-up at p50 | {e['speedup_p50']:.1f}x |")
+    for nprobe, r in e["nprobe_sweep"].items():
+        print(f"| nprobe {nprobe}: recall@10 (union, K'={args.candidates}), engine p50 | {r['recall_at_10']:.4f}, {r['p50_ms']:.2f} ms |")
     print(f"| start-up: first (builds index) / later (loads it) | {e['first_start_s']:.1f} s / {e['later_start_s']:.1f} s |")
     if "http" in result:
         h = result["http"]

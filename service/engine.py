@@ -97,8 +97,8 @@ class Predictor:
         *,
         candidates: int = 200,
         index_kind: str = "auto",
-        nprobe: int = 32,
-        refine_factor: int = 4,
+        nprobe: int = 128,
+        refine_factor: int = 32,
         save_index: bool = True,
     ) -> Predictor:
         t0 = time.monotonic()

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -195,3 +196,36 @@ def test_approximate_index_kinds_agree_with_exact_search(predictor: Predictor, k
     _, i_approx = approx.search(xq, 10)
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i_exact, i_approx)])
     assert overlap >= 0.9  # ties tolerated; HNSW and PQ are approximate by design
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_l2_reduced_index_returns_the_exact_inner_products(kind: str) -> None:
+    """IVF and HNSW index the inner-product-to-L2 reduction; searched exhaustively they must
+    return flat inner-product search's ids and scores, on vectors of very unequal norms."""
+    rng = np.random.default_rng(0)
+    xb = (rng.standard_normal((3000, 24)) * rng.uniform(0.1, 5.0, (3000, 1))).astype(np.float32)
+    xq = rng.standard_normal((15, 24)).astype(np.float32)
+    exact = CandidateIndex.build(xb, "flat")
+    approx = CandidateIndex.build(xb, kind, nprobe=100_000)
+    d_exact, i_exact = exact.search(xq, 10)
+    d_approx, i_approx = approx.search(xq, 10)
+    assert approx.index.d == 28 and approx.index.metric_type == faiss.METRIC_L2
+    if kind == "ivf":  # every list probed: exact
+        np.testing.assert_array_equal(i_approx, i_exact)
+    else:
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i_exact, i_approx)]) >= 0.95
+    ref = np.take_along_axis(xq @ xb.T, i_approx, axis=1)  # the inner products of what came back
+    np.testing.assert_allclose(d_approx, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_saved_index_of_an_older_format_is_rebuilt(slice_bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(slice_bundle, copy)
+    p1 = Predictor.load(copy, index_kind="ivf")
+    meta_path = copy / INDEX_DIR / "ivf.json"
+    meta = json.loads(meta_path.read_text())
+    xb_dim = sum(t.shape[1] for t in p1.tables.values())
+    assert CandidateIndex.load(copy / INDEX_DIR, "ivf", p1.bundle.fingerprint, xb_dim, p1.num_entities) is not None
+    del meta["max_norm_sq"]  # an index saved before the L2 reduction
+    meta_path.write_text(json.dumps(meta))
+    assert CandidateIndex.load(copy / INDEX_DIR, "ivf", p1.bundle.fingerprint, xb_dim, p1.num_entities) is None

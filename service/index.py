@@ -74,9 +74,11 @@ def factory_string(kind: str, num_entities: int, dim: int) -> str:
     if kind == "ivf":
         return f"IVF{nlist},Flat"
     if kind == "ivfpq":
-        # 4-bit PQ codes, one per 2 dims, scanned with FAISS's SIMD "fast scan" kernels: on the
-        # 1M-entity benchmark about 2x faster than 8-bit codes per 4 dims at the same recall once
-        # the exact refinement re-ranks refine_factor x K' of them.
+        # 4-bit PQ codes, one per 2 dims (the same bytes as 8-bit codes per 4 dims), scanned with
+        # FAISS's SIMD "fast scan" kernels; the exact refinement of refine_factor x the search
+        # depth makes up for their coarseness. On the 1M-entity benchmark (separate runs, so
+        # roughly): recall@10 0.967 at 8.0 ms per query against 0.963 at 9.6 ms with 8-bit
+        # codes, and the index builds in 40 s instead of 110 s.
         return f"IVF{nlist},PQ{dim // 2}x4fs"
     if kind == "hnsw":
         return "HNSW32"
@@ -147,7 +149,8 @@ class CandidateIndex:
         # the order of the points is the same for any s > 0, but the order of the IVF centroids
         # (inside the sphere) is not: with a short query it is ruled by their norms.
         norm_sq = np.einsum("bd,bd->b", xq, xq).astype(np.float64)
-        scale = np.where(norm_sq > 0, np.sqrt(self.max_norm_sq / np.maximum(norm_sq, 1e-30)), 1.0)
+        ok = (norm_sq > 0) & (self.max_norm_sq > 0)  # a zero query or an all-zero xb: leave it be
+        scale = np.where(ok, np.sqrt(self.max_norm_sq / np.maximum(norm_sq, 1e-30)), 1.0)
         xq_l2 = np.zeros((xq.shape[0], self.index.d), dtype=np.float32)
         xq_l2[:, : xq.shape[1]] = xq * scale[:, None]
         dist, ids = self.index.search(xq_l2, k, params=self._params)

@@ -229,3 +229,14 @@ def test_saved_index_of_an_older_format_is_rebuilt(slice_bundle: Path, tmp_path:
     del meta["max_norm_sq"]  # an index saved before the L2 reduction
     meta_path.write_text(json.dumps(meta))
     assert CandidateIndex.load(copy / INDEX_DIR, "ivf", p1.bundle.fingerprint, xb_dim, p1.num_entities) is None
+
+
+def test_l2_reduced_index_copes_with_zero_vectors() -> None:
+    """An all-zero table (M = 0) or a zero query must not divide by zero."""
+    zeros = CandidateIndex.build(np.zeros((200, 8), dtype=np.float32), "ivf", nprobe=1000)
+    d, i = zeros.search(np.ones((2, 8), dtype=np.float32), 5)
+    assert np.isfinite(d).all() and (d == 0).all() and (i >= 0).all()
+    rng = np.random.default_rng(1)
+    index = CandidateIndex.build(rng.standard_normal((200, 8)).astype(np.float32), "ivf", nprobe=1000)
+    d, i = index.search(np.zeros((1, 8), dtype=np.float32), 5)
+    np.testing.assert_allclose(d, 0, atol=1e-4)

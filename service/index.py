@@ -57,7 +57,7 @@ def resolve_kind(kind: str, num_entities: int) -> str:
 
     A flat index computes the same N dot products that exhaustive full-model scoring does (and
     the engine searches it once per branch plus once for the surrogate), so below a few hundred
-    thousand entities scoring everything exactly is both exact and faster (FB15k-237: 1.9 ms
+    thousand entities scoring everything exactly is both exact and faster (FB15k-237: 2.0-2.7 ms
     against 4.6-5.2 ms per query, docs/benchmarks.md). Sublinear indexes (IVF, PQ, HNSW) win at scale.
     """
     if kind != "auto":

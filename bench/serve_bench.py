@@ -65,9 +65,15 @@ def make_queries(p: Predictor, n: int, seed: int = 0, k: int = 10) -> list[Query
     ]
 
 
-def recall(p: Predictor, queries: list[Query], exact: list[set[int]]) -> float:
-    hits = sum(len(e & {x.entity for x in p.predict(q)}) for q, e in zip(queries, exact))
-    return hits / max(1, sum(len(e) for e in exact))
+def recall(p: Predictor, queries: list[Query], exact: list[set[int]]) -> tuple[float, float]:
+    """Recall@k of p.predict against the exhaustive answers, and its p50 latency (ms)."""
+    hits = 0
+    times = []
+    for q, e in zip(queries, exact):
+        t0 = time.perf_counter()
+        hits += len(e & {x.entity for x in p.predict(q)})
+        times.append(time.perf_counter() - t0)
+    return hits / max(1, sum(len(e) for e in exact)), 1000 * pct(times, 50)
 
 
 def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str) -> dict:
@@ -107,19 +113,14 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str)
     for kp in sorted({50, 100, candidates, 2 * candidates}):
         for scheme in ("union", "surrogate"):
             variant = Predictor(p.bundle, p.index, p.tables, candidates=kp, load_seconds=0, scheme=scheme)
-            sweep[f"{scheme}@{kp}"] = recall(variant, queries, exact)
+            sweep[f"{scheme}@{kp}"] = recall(variant, queries, exact)[0]
     nprobe_sweep = {}
     if p.index is not None and p.index.kind in ("ivf", "ivfpq"):  # the IVF speed / recall trade-off
         default = p.index.nprobe
         for nprobe in (32, 64, 128, 256):
             p.index.nprobe = nprobe
-            t = []
-            hits = 0
-            for q, e in zip(queries, exact):
-                t0 = time.perf_counter()
-                hits += len(e & {x.entity for x in p.predict(q)})
-                t.append(time.perf_counter() - t0)
-            nprobe_sweep[str(nprobe)] = {"recall_at_10": hits / max(1, sum(len(e) for e in exact)), "p50_ms": 1000 * pct(t, 50)}
+            r, p50 = recall(p, queries, exact)
+            nprobe_sweep[str(nprobe)] = {"recall_at_10": r, "p50_ms": p50}
         p.index.nprobe = default
     out = {
         "entities": p.num_entities,

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,6 +214,22 @@ def _read_triples(
     return np.asarray(out, dtype=np.int64).reshape(-1, 3)
 
 
+def check_finite(path: Path, values: np.ndarray, ids: Sequence[str], *, mask: np.ndarray | None = None, label: str = "") -> None:
+    """DataError naming the first NaN/inf cell of `values` (n, f): row, entity ids[row], column,
+    and how many rows have one. mask (n,) bool: only those rows count. label: appended to the
+    value (say, after which conversion)."""
+    bad = ~np.isfinite(values.astype(np.float64, copy=False))  # any numeric dtype, float16 included
+    if mask is not None:
+        bad &= mask[:, None]
+    if bad.any():
+        row, col = (int(x) for x in np.argwhere(bad)[0])
+        raise DataError(
+            path,
+            f"non-finite value {values[row, col]}{label} at row {row} (entity {ids[row]!r}), column {col}; "
+            f"{int(bad.any(axis=1).sum())} rows affected",
+        )
+
+
 def load_feature_file(
     matrix_path: Path, ids_path: Path, mask_path: Path | None, ent_index: dict[str, int], name: str
 ) -> ModalityFeatures:
@@ -240,14 +256,7 @@ def load_feature_file(
         if mask.shape != (raw.shape[0],) or mask.dtype != np.bool_:
             raise DataError(mask_path, f"expected a bool vector of length {raw.shape[0]}, found {mask.dtype} {mask.shape}")
     values = raw.astype(np.float32)
-    bad = ~np.isfinite(values) & mask[:, None]
-    if bad.any():
-        row, col = (int(x) for x in np.argwhere(bad)[0])
-        raise DataError(
-            matrix_path,
-            f"non-finite value {values[row, col]} at row {row} (entity {rows[row][1]!r}), column {col}; "
-            f"{int(bad.any(axis=1).sum())} rows affected",
-        )
+    check_finite(matrix_path, values, [key for _, key in rows], mask=mask)
     matrix = np.zeros((len(ent_index), raw.shape[1]), dtype=np.float32)
     present = np.zeros(len(ent_index), dtype=bool)
     seen: dict[str, int] = {}

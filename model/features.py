@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from model.data import RESERVED_MODALITY_NAMES, _MODALITY_NAME, read_vocab, find_file, load_dataset, open_text
+from model.data import RESERVED_MODALITY_NAMES, _MODALITY_NAME, check_finite, find_file, load_dataset, open_text, read_vocab
 from model.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,7 @@ def write_features(
     with np.errstate(over="ignore"):  # an overflow to inf is reported below, not warned about
         converted = matrix.astype(dtype)
     for label, values in (("", matrix), (f" after conversion to {np.dtype(dtype).name}", converted)):
-        bad = ~np.isfinite(values.astype(np.float64))
-        if bad.any():
-            row, col = (int(x) for x in np.argwhere(bad)[0])
-            raise DataError(
-                target,
-                f"non-finite value {values[row, col]}{label} at row {row} (entity {ids[row]!r}), column {col}; "
-                f"{int(bad.any(axis=1).sum())} rows affected",
-            )
+        check_finite(target, values, ids, label=label)
     feat_dir.mkdir(parents=True, exist_ok=True)
     # Both files are complete under temporary names before either replaces its predecessor.
     _atomic_write(

@@ -70,7 +70,7 @@ def factory_string(kind: str, num_entities: int, dim: int) -> str:
     L2-reduced kinds, dim is the reduced width, a multiple of 4)."""
     if kind == "flat":
         return "Flat"
-    nlist = max(1, min(65536, int(4 * math.sqrt(num_entities))))
+    nlist = _nlist(num_entities)
     if kind == "ivf":
         return f"IVF{nlist},Flat"
     if kind == "ivfpq":
@@ -83,6 +83,11 @@ def factory_string(kind: str, num_entities: int, dim: int) -> str:
     if kind == "hnsw":
         return "HNSW32"
     raise ValueError(f"unknown index type {kind!r}")
+
+
+def _nlist(num_entities: int) -> int:
+    """IVF lists for N vectors: about 4 sqrt(N)."""
+    return max(1, min(65536, int(4 * math.sqrt(num_entities))))
 
 
 def _l2_reduced(kind: str) -> bool:
@@ -178,7 +183,7 @@ class CandidateIndex:
             index = faiss.IndexRefineFlat(index)
         if not index.is_trained:
             # k-means wants ~40 points per centroid (FAISS warns below 39); PQ is happy with fewer.
-            nlist = int(desc[3:].split(",")[0]) if desc.startswith("IVF") else 0
+            nlist = _nlist(n) if kind in ("ivf", "ivfpq") else 0
             size = min(n, max(100_000, 40 * nlist))
             rng = np.random.default_rng(seed)
             sample = xb[rng.choice(n, size=size, replace=False)] if size < n else xb

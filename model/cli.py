@@ -53,8 +53,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--lr-decay", type=float, default=1.0, help="per-epoch multiplicative learning-rate decay")
-    p.add_argument("--label-smoothing", type=_fraction, default=0.1)
-    p.add_argument("--contrastive-weight", type=float, default=0.01, help="lambda; 0 disables the contrastive loss")
+    p.add_argument("--loss", choices=("ce", "bce"), default="ce", help="ce: per-branch softmax cross-entropy + their mixture; bce: the paper's binary cross-entropy")
+    p.add_argument("--label-smoothing", type=_fraction, default=None, help="default: 0 for ce, 0.1 for bce")
+    p.add_argument("--contrastive-weight", type=float, default=0.0, help="lambda; 0 disables the contrastive loss")
     p.add_argument("--temperature", type=float, default=0.1, help="tau of the contrastive loss")
     p.add_argument("--fusion-rank", type=_positive_int, default=2, help="Tucker rank R of the bilinear fusion")
     p.add_argument("--fusion-activation", choices=("tanh", "relu"), default="tanh", help="factor activation of the bilinear fusion (relu: design.md's formula)")
@@ -63,7 +64,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-dropout", type=_fraction, default=0.3)
     p.add_argument("--hidden-dropout1", type=_fraction, default=0.4)
     p.add_argument("--hidden-dropout2", type=_fraction, default=0.5)
-    p.add_argument("--relation-groups", type=int, default=8, help="relation-homogeneous chunks per batch (0: random batches)")
+    p.add_argument("--relation-groups", type=int, default=0, help="relation-homogeneous chunks per batch (0: uniformly random batches, the default; >0 costs quality)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="training matmuls; auto: bf16 on a CUDA GPU with bf16, fp32 elsewhere")
     p.add_argument("--eval-every", type=_positive_int, default=1)
     p.add_argument("--patience", type=_positive_int, default=5)
     p.add_argument("--valid-subset", type=int, default=3000, help="validation triples for early stopping (0: all)")
@@ -71,6 +73,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--compact", action="store_true", help="write a compact bundle: modality tables instead of raw features, int8 entity tables, float16 weights")
+    p.add_argument("--report-test", action="store_true", help="after model selection, evaluate the selected model once on the test split and record it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_train)
 
@@ -89,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         lr_decay=args.lr_decay,
+        loss=args.loss,
         label_smoothing=args.label_smoothing,
         contrastive_weight=args.contrastive_weight,
         temperature=args.temperature,
@@ -100,12 +105,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         patience=args.patience,
         valid_subset=args.valid_subset or None,
         max_minutes=args.max_minutes,
+        precision=args.precision,
     )
     out = train_to_bundle(
         cfg,
         args.out,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        compact=args.compact,
+        report_test=args.report_test,
         dim=args.dim,
         relation_dim=args.relation_dim or args.dim,
         fusion_rank=args.fusion_rank,

@@ -34,6 +34,10 @@ class BundleError(IMFError):
     """A checkpoint bundle is missing, corrupt, truncated, or does not match its manifest."""
 
 
+class TrainingDiverged(IMFError):
+    """The training loss became NaN or infinite; the message names the epoch, step and remedies."""
+
+
 class UnknownNameError(IMFError, KeyError):
     """A name (dataset, modality, entity, relation) is not known; carries close-match suggestions."""
 

@@ -35,15 +35,21 @@ def filtered_ranks(scores: Tensor, targets: Tensor, known: Tensor) -> Tensor:
 
     scores: (B, N) float; targets: (B,) entity ids; known: (B, N) bool, True for true answers of
     the query (the target may or may not be marked). Returns ranks (B,) float64, >= 1.
+
+    A NaN score ranks below every number: a NaN target gets the last rank among the unfiltered
+    candidates, so a diverged model scores near MRR 0 instead of looking perfect.
     """
     rows = torch.arange(scores.shape[0], device=scores.device)
     target_scores = scores[rows, targets].unsqueeze(1)  # (B, 1)
     others = known.clone()
     others[rows, targets] = False  # the target itself is never filtered
-    masked = scores.masked_fill(others, float("-inf"))
+    nan = torch.isnan(scores)
+    masked = scores.masked_fill(others | nan, float("-inf"))
     greater = (masked > target_scores).sum(dim=1)
     equal = (masked == target_scores).sum(dim=1) - 1  # minus the target itself
-    return 1.0 + greater.double() + equal.double() / 2.0
+    ranks = 1.0 + greater.double() + equal.double() / 2.0
+    last = (~others).sum(dim=1).double()  # the unfiltered candidates, the target included
+    return torch.where(nan[rows, targets], last, ranks)
 
 
 def summarize(ranks: np.ndarray) -> dict[str, float]:

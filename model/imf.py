@@ -7,7 +7,12 @@ decoder; the model's answer is a learned weighted average of the branch probabil
 
     q_b(h, r)    = BN1_b( BN0_b(C_b[h]) @ M_b(r) ),   M_b(r) = reshape(R_b[r] @ W_b, (d, d))
     s_b(h, r, t) = q_b(h, r) . C_b[t]                                        (branch logit)
-    p(h, r, t)   = sum_b w_b(r) * sigmoid(s_b(h, r, t)),   w(r) = softmax(alpha + A[r])
+    p(h, r, t)   = sum_b w_b(r) * P_b(t | h, r),   w(r) = softmax(alpha + A[r])
+
+The branch probability P_b depends on the training loss (`IMFConfig.output`): "softmax"
+(1-vs-all cross-entropy, the default) makes P_b(. | h, r) = softmax over all N entities of
+s_b(h, r, .), so p is a mixture of the branch distributions and sums to 1 over the entities;
+"sigmoid" (the paper's binary cross-entropy) makes P_b = sigmoid(s_b), a per-triple probability.
 
 Modality encoders: frozen features x_m (N, f_m) -> Linear(f_m, d), plus an optional per-entity
 residual (the capacity of the reference code's fine-tuned table, but defined for new entities
@@ -24,6 +29,7 @@ Relations are doubled: id r + num_relations is the reciprocal of r, used for hea
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -51,10 +57,16 @@ class IMFConfig:
     hidden_dropout2: float = 0.5
     feature_residual: bool = True  # per-entity residual on top of each modality projection
     decision_fusion: str = "learned"  # "learned": w(r) = softmax(alpha + A[r]); "equal": 1/B each
+    output: str = "softmax"  # branch probability: "softmax" over entities (cross-entropy) or "sigmoid" (BCE)
+    # True in a compact bundle: each modality's final entity table (N, d) is stored instead of
+    # its raw features and per-entity residual (what serving needs, a fraction of the size).
+    stored_tables: bool = False
 
     def __post_init__(self) -> None:
         if self.fusion_activation not in ("tanh", "relu"):
             raise ValueError(f"fusion_activation must be 'tanh' or 'relu', not {self.fusion_activation!r}")
+        if self.output not in ("softmax", "sigmoid"):
+            raise ValueError(f"output must be 'softmax' or 'sigmoid', not {self.output!r}")
         if self.decision_fusion not in ("learned", "equal"):
             raise ValueError(f"decision_fusion must be 'learned' or 'equal', not {self.decision_fusion!r}")
         for name in self.modalities:
@@ -131,24 +143,28 @@ class TuckerDecoder(nn.Module):
         """head_emb: (B, d); rel_emb: (U, d_r) for the distinct relations `unique(rel_ids)`;
         rel_ids: (B,) index into rel_emb. Returns q: (B, d).
 
-        The relation matrix costs d_r*d*d per relation, so it is built once per distinct
-        relation in the batch (training groups batches by relation to keep U small), and the
-        batch is multiplied segment by segment instead of materialising a (B, d, d) tensor.
+        q_k = sum_{i,j} r_i x_j W[i, j, k] is computed head-side first: Z = x @ W as one
+        (B, d) x (d, d_r * d) matmul, then each row of Z (d_r, d) is contracted with its
+        relation vector. That is one large matmul and one batched product, with no per-relation
+        loop and no (B, d, d) tensor (peak extra memory B * d_r * d floats); its cost,
+        B * d * d_r * d, does not grow with the number of distinct relations in the batch.
         """
+        d = self.dim
         x = self.input_dropout(self.bn0(head_emb))  # (B, d)
-        # TuckER drops entries of the relation matrix W(r) (DropConnect), not output units: each
-        # output then keeps most of its d inputs. One mask per distinct relation per batch keeps
-        # this cheap (U x d x d instead of B x d x d).
-        mats = self.hidden_dropout1(self.relation_matrices(rel_emb))  # (U, d, d)
-        if x.is_cuda:
-            # On a GPU a gathered batched product beats the segment loop (which needs a host sync).
-            out = torch.bmm(x.unsqueeze(1), mats[rel_ids]).squeeze(1)
-        else:
-            order = torch.argsort(rel_ids, stable=True)
-            counts = torch.bincount(rel_ids, minlength=mats.shape[0]).tolist()
-            segments = torch.split(x[order], counts)
-            out_sorted = torch.cat([seg @ mats[u] for u, seg in enumerate(segments) if seg.shape[0]], dim=0)
-            out = out_sorted[torch.argsort(order)]  # back to batch order
+        core = self.core  # (d_r, d, d) = W[i, j, k]
+        # TuckER drops entries of the relation matrix M(r)[j, k] (DropConnect), not output
+        # units: each output then keeps most of its d inputs. One (d, d) mask per batch, shared
+        # by its relations, is the same as masking W[:, j, k]; drawing a mask per relation
+        # (U x d x d random numbers) cost a third of a CPU training step.
+        if self.training and self.hidden_dropout1.p > 0:
+            keep = 1.0 - self.hidden_dropout1.p
+            mask = torch.empty(1, d, d, device=core.device).bernoulli_(keep).div_(keep)
+            core = core * mask
+        dr = core.shape[0]
+        w_head = core.permute(1, 0, 2).reshape(d, dr * d)  # (d, d_r * d): rows j, columns (i, k)
+        z = (x @ w_head).view(-1, dr, d)  # (B, d_r, d)
+        r = rel_emb[rel_ids].to(z.dtype).unsqueeze(1)  # (B, 1, d_r)
+        out = torch.bmm(r, z).squeeze(1)  # (B, d)
         out = self.bn1(out)
         return self.hidden_dropout2(out)
 
@@ -181,15 +197,20 @@ class IMF(nn.Module):
         self.missing = nn.ParameterDict()
         self.residual = nn.ModuleDict()
         for m, f_dim in cfg.modalities.items():
-            feat = features[m] if features is not None else torch.zeros(n, f_dim)
             pres = present[m] if present is not None else torch.zeros(n, dtype=torch.bool)
-            if feat.shape != (n, f_dim) or pres.shape != (n,):
-                raise ValueError(f"modality {m!r}: features {tuple(feat.shape)} / mask {tuple(pres.shape)} do not match ({n}, {f_dim})")
-            self.register_buffer(f"features_{m}", feat.to(torch.float16))
+            if cfg.stored_tables:
+                self.register_buffer(f"table_{m}", torch.zeros(n, d))  # filled from the bundle
+            else:
+                feat = features[m] if features is not None else torch.zeros(n, f_dim)
+                if feat.shape != (n, f_dim):
+                    raise ValueError(f"modality {m!r}: features {tuple(feat.shape)} do not match ({n}, {f_dim})")
+                self.register_buffer(f"features_{m}", feat.to(torch.float16))
+            if pres.shape != (n,):
+                raise ValueError(f"modality {m!r}: mask {tuple(pres.shape)} does not match ({n},)")
             self.register_buffer(f"present_{m}", pres.to(torch.bool))
             self.projection[m] = nn.Linear(f_dim, d)
             self.missing[m] = nn.Parameter(torch.randn(d) * 0.1)
-            if cfg.feature_residual:
+            if cfg.feature_residual and not cfg.stored_tables:
                 self.residual[m] = nn.Embedding(n, d)
                 nn.init.zeros_(self.residual[m].weight)
 
@@ -215,6 +236,9 @@ class IMF(nn.Module):
 
     def modality_embeddings(self, modality: str, ids: Tensor | None = None) -> Tensor:
         """Embeddings of one feature modality for entities `ids` (all when None): (n, d)."""
+        if self.cfg.stored_tables:
+            table: Tensor = getattr(self, f"table_{modality}")
+            return table if ids is None else table[ids]
         feats: Tensor = getattr(self, f"features_{modality}")
         pres = self.present(modality)
         if ids is not None:
@@ -273,13 +297,40 @@ class IMF(nn.Module):
         logits = {b: queries[b] @ tables[b].T for b in self.branches}
         return logits, self.decision_weights(rel_ids), tables
 
-    @staticmethod
-    def fuse(logits: dict[str, Tensor], weights: Tensor, branches: list[str]) -> Tensor:
-        """p = sum_b w_b sigmoid(s_b). logits[b]: (B, ...) ; weights: (B, nb) -> (B, ...)."""
+    def log_normalizers(self, queries: dict[str, Tensor], tables: dict[str, Tensor], chunk: int = 65536) -> dict[str, Tensor]:
+        """log sum_t exp(s_b(h, r, t)) over all N entities, per branch: (B,) each, float64.
+
+        The softmax normaliser of each branch. Computed in entity chunks so that the peak
+        extra memory is B x chunk floats whatever N is (a running logsumexp).
+        """
+        out = {}
+        for b in self.branches:
+            q, table = queries[b], tables[b]
+            acc = torch.full((q.shape[0],), -math.inf, dtype=torch.float64, device=q.device)
+            for start in range(0, table.shape[0], chunk):
+                part = (q @ table[start:start + chunk].T).double()  # (B, chunk)
+                acc = torch.logaddexp(acc, torch.logsumexp(part, dim=1))
+            out[b] = acc
+        return out
+
+    def branch_probabilities(self, logits: dict[str, Tensor], log_norm: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """P_b for every branch, float64. logits[b]: (B, K) -> (B, K).
+
+        "sigmoid": sigmoid(s_b). "softmax": exp(s_b - log_norm_b); `log_norm` (B,) per branch
+        is required when the K columns are not all N entities (see `log_normalizers`).
+        """
+        if self.cfg.output == "sigmoid":
+            return {b: torch.sigmoid(v.double()) for b, v in logits.items()}
+        if log_norm is None:
+            log_norm = {b: torch.logsumexp(v.double(), dim=1) for b, v in logits.items()}
+        return {b: torch.exp(v.double() - log_norm[b][:, None]) for b, v in logits.items()}
+
+    def fuse(self, logits: dict[str, Tensor], weights: Tensor, log_norm: dict[str, Tensor] | None = None) -> Tensor:
+        """p = sum_b w_b P_b (float64). logits[b]: (B, K); weights: (B, nb) -> (B, K)."""
+        probs = self.branch_probabilities(logits, log_norm)
         p = None
-        for i, b in enumerate(branches):
-            w = weights[:, i].reshape(-1, *([1] * (logits[b].dim() - 1)))
-            term = w * torch.sigmoid(logits[b])
+        for i, b in enumerate(self.branches):
+            term = weights[:, i:i + 1].double() * probs[b]
             p = term if p is None else p + term
         assert p is not None
         return p
@@ -291,20 +342,22 @@ class IMF(nn.Module):
         candidates: Tensor | None = None,
         *,
         tables: dict[str, Tensor] | None = None,
-        float64: bool = True,
     ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """Exact scores. heads, rel_ids: (B,); candidates: (B, K) entity ids, or None for all N.
 
         `tables` are precomputed `entity_tables()` (serving computes them once at start-up).
         Returns (logits, weights, p): logits[b] (B, K), weights (B, nb), p (B, K) fused
-        probabilities. float64 keeps p from saturating to exactly 1.0 (ties) for confident
-        branches; the logits are float32 matmul results either way.
+        probabilities in float64 (which keeps p from saturating to exactly 1.0, i.e. ties, for
+        confident branches; the logits are float32 matmul results either way).
         """
         if tables is None:
             tables = self.entity_tables()
         queries = self.query_vectors(heads, rel_ids, tables)
         weights = self.decision_weights(rel_ids)
-        logits, p = self.rescore(queries, weights, tables, candidates, float64=float64)
+        log_norm = None
+        if candidates is not None and self.cfg.output == "softmax":
+            log_norm = self.log_normalizers(queries, tables)  # exact: over all N, not the K
+        logits, p = self.rescore(queries, weights, tables, candidates, log_norm=log_norm)
         return logits, weights, p
 
     def rescore(
@@ -314,21 +367,34 @@ class IMF(nn.Module):
         tables: dict[str, Tensor],
         candidates: Tensor | None = None,
         *,
-        float64: bool = True,
+        log_norm: dict[str, Tensor] | None = None,
     ) -> tuple[dict[str, Tensor], Tensor]:
         """Branch logits and fused p from precomputed query vectors q_b (B, d) and w (B, nb).
 
-        candidates: (B, K) entity ids, or None for all N. Returns logits[b] (B, K) and p (B, K).
+        candidates: (B, K) entity ids, or None for all N. log_norm: the softmax normalisers
+        (B,) per branch when candidates are given and `output` is "softmax"; None there
+        normalises over the K candidates only (an approximation: the candidates hold most of
+        the probability mass when K' is deep enough). Returns logits[b] (B, K) and p (B, K).
         """
         if candidates is None:
             logits = {b: queries[b] @ tables[b].T for b in self.branches}  # (B, N)
         else:  # (B, d) . (B, K, d) -> (B, K)
             logits = {b: torch.einsum("bd,bkd->bk", queries[b], tables[b][candidates]) for b in self.branches}
-        if float64:
-            p = self.fuse({b: v.double() for b, v in logits.items()}, weights.double(), self.branches)
-        else:
-            p = self.fuse(logits, weights, self.branches)
-        return logits, p
+        return logits, self.fuse(logits, weights, log_norm)
+
+    @torch.no_grad()
+    def compacted(self) -> IMF:
+        """The same model with each modality's entity table stored instead of its features and
+        residual (`IMFConfig.stored_tables`): identical scores, no longer trainable from features."""
+        if self.cfg.stored_tables or not self.modalities:
+            return self
+        cfg = IMFConfig(**{**self.cfg.to_dict(), "stored_tables": True})
+        out = IMF(cfg)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("features_", "residual."))}
+        for m in self.modalities:
+            state[f"table_{m}"] = self.modality_embeddings(m).detach().float()
+        out.load_state_dict(state, strict=True)
+        return out.train(self.training)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

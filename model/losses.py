@@ -1,4 +1,11 @@
-"""Training losses: per-branch and fused binary cross-entropy, and the contrastive constraint.
+"""Training losses: per-branch and fused cross-entropy (the default) or binary cross-entropy (the
+paper's, for parity), and the contrastive constraint.
+
+Cross-entropy (`mixture_cross_entropy`): each branch b is a distribution over the N entities,
+P_b(t | h, r) = softmax_t s_b(h, r, t), and the decision fusion is their mixture
+p(t | h, r) = sum_b w_b(r) P_b(t | h, r). The target of a query spreads mass 1 evenly over its
+training answers. The loss is sum_b CE(P_b) + CE(p): every branch must predict on its own (so
+`/explain` can show what each one says), and the mixture learns which to trust per relation.
 
 `fusion_bce` is the hot path of training (it touches num_branches x B x N elements several
 times), so it is one autograd Function with a hand-written backward instead of a chain of
@@ -112,3 +119,49 @@ def fusion_bce(logits: list[Tensor], weights: Tensor, target: Tensor) -> Tensor:
     [1e-7, 1 - 1e-7]). Gradients flow to every logit tensor and to the weights.
     """
     return _FusionBCE.apply(weights.float(), target.float(), *(s.float() for s in logits))
+
+
+def mixture_cross_entropy(
+    logits: list[Tensor],
+    log_weights: Tensor,
+    positions: Tensor,
+    answers: Tensor,
+    smoothing: float = 0.0,
+) -> Tensor:
+    """Per-branch 1-vs-all cross-entropy and the cross-entropy of their mixture, in one pass.
+
+    logits: nb tensors (B, N); log_weights: (B, nb) log w_b(r); (positions, answers): (P,) each,
+    the training answers of the batch's queries as (row, entity) pairs (every row has at least
+    one). The target of row i is y_i = (1 - eps) * uniform over its answers + eps / N.
+    Returns (nb + 1,): the mean over rows of -sum_t y_t log P_b(t), then of -sum_t y_t log p(t).
+
+    Only the P answer entries of the mixture are needed when eps = 0 (log p at the answers), so
+    the mixture costs O(P * nb) on top of the branches' logsumexp, not another pass over B x N.
+    """
+    b_rows = logits[0].shape[0]
+    n = logits[0].shape[1]
+    counts = torch.bincount(positions, minlength=b_rows).to(logits[0].dtype)  # (B,)
+    pair_weight = (1.0 - smoothing) / counts[positions]  # (P,) target mass of each answer
+    losses = []
+    log_probs_at_answers = []  # (P,) per branch: log P_b(answer)
+    lses = []
+    for s in logits:
+        s = s.float()
+        lse = torch.logsumexp(s, dim=1)  # (B,)
+        at = s[positions, answers] - lse[positions]  # (P,)
+        ce = -(pair_weight * at).sum()
+        if smoothing > 0:
+            ce = ce + smoothing * (lse - s.mean(dim=1)).sum()
+        losses.append(ce / b_rows)
+        log_probs_at_answers.append(at)
+        lses.append(lse)
+    lw = log_weights.float()
+    # log p(answer) = logsumexp_b (log w_b + log P_b(answer))
+    mix_at = torch.logsumexp(torch.stack([lw[positions, i] + at for i, at in enumerate(log_probs_at_answers)]), dim=0)
+    mix = -(pair_weight * mix_at).sum()
+    if smoothing > 0:
+        # The uniform part needs log p at every entity: one (nb, B, N) logsumexp.
+        full = torch.stack([lw[:, i:i + 1] + s.float() - lse[:, None] for i, (s, lse) in enumerate(zip(logits, lses, strict=True))])
+        mix = mix - smoothing * torch.logsumexp(full, dim=0).mean(dim=1).sum()
+    losses.append(mix / b_rows)
+    return torch.stack(losses)

@@ -1,17 +1,23 @@
-"""Training IMF: 1-N scoring with reciprocal relations, per-branch + fused BCE, contrastive loss.
+"""Training IMF: 1-N scoring with reciprocal relations, per-branch + fused loss, contrastive loss.
 
 One epoch visits every distinct training query (e, r') once, in both directions (tails (h, r)
-and heads (t, r^-1)). Each query is scored against all N entities by every branch; the loss is
+and heads (t, r^-1)), in uniformly shuffled batches. Each query is scored against all N entities
+by every branch; the loss is (`loss="ce"`, the default)
 
-    sum_b BCEWithLogits(s_b, y') + BCE(p, y') + lambda * InfoNCE(modality embeddings)
+    sum_b CE(softmax s_b, y) + CE(sum_b w_b softmax s_b, y) + lambda * InfoNCE(modality embeddings)
 
-with y' the label-smoothed 1-N targets. Model selection and early stopping use the validation
-split only (filtered MRR of the fused model); the test split is never looked at here.
+with y the query's training answers normalised to sum 1, or (`loss="bce"`, the paper's)
+sum_b BCEWithLogits(s_b, y') + BCE(sum_b w_b sigmoid s_b, y') with label-smoothed 0/1 targets
+y'. Cross-entropy learns an order of magnitude faster in the first epochs (docs/benchmarks.md).
+Model selection and early stopping use the validation split only (filtered MRR of the fused
+model); the test split is never looked at here.
 
-Speed on CPU comes from three things: the (B, N) label matrix is scattered from a CSR index in
-one vectorised call; the relation core transform (d_r x d x d per relation) is built once per
-distinct relation in a batch; and batches are assembled from a few relation-homogeneous chunks
-(`relation_groups`), which keeps the number of distinct relations per batch small.
+Batches are uniformly random: BatchNorm then sees the same mix of entity types and relations
+in every batch as at evaluation, and each step's gradient covers many relations. (Batches built
+from a few relation-homogeneous chunks, `relation_groups`, are cheaper per step on a CPU but cost
+a third of the validation MRR at equal epochs; they remain as an option for measurements.) The
+relation core transform (d_r x d x d per relation) is still built once per distinct relation
+of a batch.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from tqdm.auto import tqdm
 from model.data import KGDataset, load_dataset
 from model.evaluate import evaluate
 from model.imf import IMF, STRUCTURE, IMFConfig
-from model.losses import contrastive_loss, fusion_bce, smoothed_targets
+from model.errors import TrainingDiverged
+from model.losses import contrastive_loss, fusion_bce, mixture_cross_entropy, smoothed_targets
 from model.triples import AnswerIndex
 
 log = logging.getLogger(__name__)
@@ -47,11 +54,12 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 0.001
     lr_decay: float = 1.0  # multiplicative, per epoch
-    label_smoothing: float = 0.1
-    contrastive_weight: float = 0.01  # lambda (the BCE terms are means over B x N: small)
+    loss: str = "ce"  # "ce": per-branch softmax cross-entropy + mixture; "bce": the paper's BCE
+    label_smoothing: float | None = None  # None: 0.0 for "ce", 0.1 for "bce" (the paper's)
+    contrastive_weight: float = 0.0  # lambda; off by default (docs/benchmarks.md measures it)
     temperature: float = 0.1  # tau
     contrastive_size: int = 512  # entities per batch in the contrastive loss
-    relation_groups: int = 8  # relation-homogeneous chunks per batch; 0 = uniformly random batches
+    relation_groups: int = 0  # 0 = uniformly random batches; g > 0: g relation-homogeneous chunks per batch
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -60,7 +68,7 @@ class TrainConfig:
     valid_subset: int | None = 3000  # validation triples used for early stopping (None: all)
     max_minutes: float | None = None  # wall-time budget; the best model so far is kept
     eval_batch_size: int = 256
-    precision: str = "auto"  # "fp32", "bf16" (autocast matmuls), or "auto": bf16 where it is faster
+    precision: str = "auto"  # "fp32", "bf16" (autocast matmuls), or "auto": bf16 on CUDA with bf16, else fp32
 
     def __post_init__(self) -> None:
         checks = {
@@ -68,7 +76,8 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1,
             "lr": self.lr > 0,
             "lr_decay": 0 < self.lr_decay <= 1,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "loss": self.loss in ("ce", "bce"),
+            "label_smoothing": self.label_smoothing is None or 0 <= self.label_smoothing < 1,
             "contrastive_weight": self.contrastive_weight >= 0,
             "temperature": self.temperature > 0,
             "contrastive_size": self.contrastive_size >= 2,
@@ -82,6 +91,13 @@ class TrainConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid training parameter(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+        if self.label_smoothing is None:
+            self.label_smoothing = 0.1 if self.loss == "bce" else 0.0
+
+    @property
+    def output(self) -> str:
+        """The model's branch probability that this loss trains (IMFConfig.output)."""
+        return "softmax" if self.loss == "ce" else "sigmoid"
 
 
 @dataclass
@@ -105,6 +121,9 @@ def batch_order(query_relations: np.ndarray, batch_size: int, groups: int, rng: 
     batches. groups > 0: each relation's queries are shuffled and cut into chunks of
     batch_size // groups; the chunks are shuffled and concatenated, then cut into batches, so a
     batch holds about `groups` relations. Deterministic for a given `rng` state.
+
+    A last batch of a single query is merged into the one before: BatchNorm cannot normalise a
+    batch of one in training mode.
     """
     q = len(query_relations)
     perm = rng.permutation(q)
@@ -120,28 +139,24 @@ def batch_order(query_relations: np.ndarray, batch_size: int, groups: int, rng: 
         _, chunk_id = np.unique(chunk_key, return_inverse=True)
         chunk_rank = rng.permutation(int(chunk_id.max()) + 1)
         perm = order[np.lexsort((np.arange(q), chunk_rank[chunk_id]))]
-    return [perm[i:i + batch_size] for i in range(0, q, batch_size)]
+    batches = [perm[i:i + batch_size] for i in range(0, q, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' where bfloat16 matmuls are fast (CUDA with bf16, or a CPU where a quick
-    probe finds them at least 1.5x faster than float32), else 'fp32'. Parameters, optimizer
-    state, losses and evaluation stay float32 either way; only training matmuls use bf16."""
+    """'auto' -> 'bf16' on a CUDA device that supports bfloat16, else 'fp32'.
+
+    Decided by the device alone, never by a timing probe, so a seeded run gives the same result
+    whatever else the machine is doing. Parameters, optimizer state, losses and evaluation stay
+    float32 either way; only training matmuls use bf16 (pass precision="bf16" to try it on a CPU).
+    """
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type != "cpu":
-        return "fp32"
-    a32, b32 = torch.randn(256, 256), torch.randn(256, 2048)
-    timings = {}
-    for name, (a, b) in {"fp32": (a32, b32), "bf16": (a32.bfloat16(), b32.bfloat16())}.items():
-        a @ b  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        timings[name] = time.perf_counter() - t0
-    return "bf16" if timings["bf16"] * 1.5 < timings["fp32"] else "fp32"
+    return "fp32"
 
 
 def build_model(dataset: KGDataset, modalities: list[str] | None, **model_kwargs) -> IMF:
@@ -164,17 +179,24 @@ def training_loss(
     model: IMF,
     heads: torch.Tensor,
     rels: torch.Tensor,
-    labels: torch.Tensor,
+    answers: tuple[torch.Tensor, torch.Tensor],
     cfg: TrainConfig,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss of one batch. heads, rels: (B,); labels: (B, N) bool. Returns (loss, parts), the
+    """Loss of one batch. heads, rels: (B,); answers: (positions, entities), (P,) each, the
+    training answers of the batch's queries as (row, entity) pairs. Returns (loss, parts), the
     parts detached (tensors, so that a GPU is not synchronised every step)."""
     with torch.autocast(heads.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
         logits, weights, tables = model(heads, rels)
-    target = smoothed_targets(labels.float(), cfg.label_smoothing)
-    # Losses in float32 whatever the matmul precision (fusion_bce casts).
-    values = fusion_bce([logits[b] for b in model.branches], weights, target)
+    branch_logits = [logits[b] for b in model.branches]
+    # Losses in float32 whatever the matmul precision (both loss functions cast).
+    if cfg.loss == "ce":
+        log_w = torch.log(weights.float())  # softmax outputs: strictly positive
+        values = mixture_cross_entropy(branch_logits, log_w, answers[0], answers[1], cfg.label_smoothing or 0.0)
+    else:
+        labels = torch.zeros(heads.shape[0], model.cfg.num_entities, device=heads.device)
+        labels[answers] = 1.0
+        values = fusion_bce(branch_logits, weights, smoothed_targets(labels, cfg.label_smoothing or 0.0))
     parts: dict[str, torch.Tensor] = {b: values[i] for i, b in enumerate(model.branches)}
     parts["fused"] = values[-1]
     loss = sum(parts.values())
@@ -210,7 +232,7 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
-    model = build_model(dataset, cfg.modalities, **model_kwargs).to(device)
+    model = build_model(dataset, cfg.modalities, output=cfg.output, **model_kwargs).to(device)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     log.info(
         "IMF on %s: branches %s, %s parameters, device %s, %s matmuls",
@@ -233,6 +255,7 @@ def train(
     stopped_by = "epochs"
     deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     epoch = 0
+    train_seconds = 0.0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         batches = batch_order(q_rels, cfg.batch_size, cfg.relation_groups, rng)
@@ -245,16 +268,26 @@ def train(
             ents_np, rels_np = q_ents[idx], q_rels[idx]
             heads = torch.from_numpy(ents_np).to(device)
             rels = torch.from_numpy(rels_np).to(device)
-            labels = train_index.dense(ents_np, rels_np, device=device)
-            loss, _ = training_loss(model, heads, rels, labels, cfg, gen)
+            pos, ans = train_index.pairs(train_index.rows(ents_np, rels_np))
+            answers = (torch.from_numpy(pos).to(device), torch.from_numpy(ans).to(device))
+            loss, _ = training_loss(model, heads, rels, answers, cfg, gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             seen += len(idx)
             loss_sum += loss.detach() * len(idx)
-            if step % 10 == 0 and progress:  # reading the loss synchronises a GPU: not every step
-                rate = seen / max(time.monotonic() - t0, 1e-9)
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", q_per_s=f"{rate:.0f}")
+            # Reading the loss synchronises a GPU: every 10 steps there, every step on a CPU. A
+            # non-finite loss poisons the running sum, so a periodic check still catches it.
+            if step % 10 == 0 or device.type == "cpu":
+                running = float(loss_sum) / seen
+                if not math.isfinite(running):
+                    raise TrainingDiverged(
+                        f"training diverged: the loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} "
+                        f"(lr {cfg.lr}, precision {cfg.precision}); lower --lr or use --precision fp32. Nothing was written."
+                    )
+                if progress and step % 10 == 0:
+                    rate = seen / max(time.monotonic() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{running:.4f}", q_per_s=f"{rate:.0f}")
             if time.monotonic() > deadline:
                 out_of_time = True
                 break
@@ -263,9 +296,12 @@ def train(
         scheduler.step()
         epoch_s = time.monotonic() - t0
         record = {"epoch": epoch, "loss": loss_avg, "queries": seen, "seconds": epoch_s, "queries_per_s": seen / max(epoch_s, 1e-9)}
+        train_seconds += epoch_s
+        record["train_s"] = train_seconds  # training wall time so far, validation excluded: learning curves
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
             m = evaluate(model, valid, known_index, split="valid", batch_size=cfg.eval_batch_size, device=device)
             record["valid_mrr"] = m["mrr"]
+            record["valid_hits@10"] = m["hits@10"]
             if m["mrr"] > best_mrr:
                 best_mrr, best_epoch, stale = m["mrr"], epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
@@ -302,17 +338,47 @@ def train(
     )
 
 
-def train_to_bundle(cfg: TrainConfig, out: Path, *, overwrite: bool = False, progress: bool = True, **model_kwargs) -> Path:
-    """Train and write the bundle atomically to `out` (see model.bundle)."""
-    from model.bundle import check_writable, save_bundle
+def train_to_bundle(
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    compact: bool = False,
+    report_test: bool = False,
+    **model_kwargs,
+) -> Path:
+    """Train and write the bundle atomically to `out` (see model.bundle).
+
+    compact: write a compact bundle (model.bundle.encode_state); the recorded validation
+    metrics are then re-measured on the compacted weights exactly as they will be served.
+    report_test: after model selection is over, evaluate the selected model once on the test
+    split and record it in the manifest (`metrics.test`); nothing is chosen by it.
+    """
+    from model.bundle import check_writable, decode_state, encode_state, save_bundle
 
     check_writable(out, overwrite=overwrite)  # fail before hours of training, not after
     result = train(cfg, progress=progress, **model_kwargs)
+    model = result.model
+    metrics = {"valid": result.valid_metrics}
+    known_index = AnswerIndex(result.dataset.all_triples(), result.dataset.num_entities, result.dataset.num_relations)
+    if compact:
+        model = model.compacted()
+        state, encoding = encode_state(model.state_dict(), model.cfg.num_entities)
+        model.load_state_dict(decode_state(state, encoding))
+        model.eval()
+        metrics["valid"] = evaluate(model, result.dataset.valid, known_index, split="valid", batch_size=cfg.eval_batch_size, progress=progress)
+        metrics["valid_before_compaction"] = {k: result.valid_metrics[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")}
+        log.info("compact bundle: valid MRR %.4f (%.4f before compaction)", metrics["valid"]["mrr"], result.valid_metrics["mrr"])
+    if report_test:
+        metrics["test"] = evaluate(model, result.dataset.test, known_index, split="test", batch_size=cfg.eval_batch_size, progress=progress)
+        log.info("test MRR of the selected model %.4f", metrics["test"]["mrr"])
     return save_bundle(
         out,
-        result.model,
+        model,
         result.dataset,
         training={**asdict(result.train_config), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1), "stopped_by": result.stopped_by, "history": result.history},
-        metrics={"valid": result.valid_metrics},
+        metrics=metrics,
         overwrite=overwrite,
+        compact=compact,
     )

@@ -11,7 +11,8 @@ A query (e, r', k, filter):
     xq  = [w_b(r') q_b]_b                               FAISS query, see service/index.py
     I   = union of the top candidates for xq and for    candidates (K' shared among the
           each branch's block of xq alone                searches, + #known answers)
-    p   = sum_b w_b sigmoid(q_b . C_b[I])               exact decision-fusion rescoring
+    p   = sum_b w_b P_b(q_b . C_b[I])                   exact decision-fusion rescoring
+          (P_b: softmax over the entities, or sigmoid for BCE-trained bundles)
     known answers removed (or flagged), sorted by p, top k
 
 Searching K' plus the number of known answers means filtering can never leave fewer than k
@@ -275,12 +276,13 @@ class Predictor:
         out = []
         # Each branch's logits against all entities, once, for the per-branch ranks.
         all_logits = {b: (qv[b] @ self.tables[b].T)[0] for b in self.branches}  # (N,)
+        probs = self.model.branch_probabilities({b: v[None] for b, v in all_logits.items()})  # (1, N) each
         for j, c in enumerate(ranked):
             branches = {}
             total = 0.0
             for i, b in enumerate(self.branches):
                 s = all_logits[b][cand[0, j]]
-                prob = float(torch.sigmoid(s.double()))
+                prob = float(probs[b][0, cand[0, j]])
                 contrib = weights[b] * prob
                 total += contrib
                 rank = 1 + int((all_logits[b] > s).sum())

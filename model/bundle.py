@@ -130,6 +130,15 @@ def decode_state(tensors: dict[str, torch.Tensor], encoding: dict | None) -> dic
     return state
 
 
+def as_served(model: IMF) -> IMF:
+    """The compacted model with exactly the weights a compact bundle will hold (int8 tables and
+    float16 round trip), in eval mode: what its metrics must be measured on."""
+    compact = model.compacted()
+    state, encoding = encode_state(compact.state_dict(), compact.cfg.num_entities)
+    compact.load_state_dict(decode_state(state, encoding))
+    return compact.eval()
+
+
 def check_writable(out: Path, *, overwrite: bool) -> None:
     """Fail early when `out` exists (and overwrite is off) or its parent cannot be created."""
     out = Path(out)
@@ -143,7 +152,7 @@ def check_writable(out: Path, *, overwrite: bool) -> None:
 def save_bundle(
     out: Path,
     model: IMF,
-    dataset: KGDataset,
+    dataset: KGDataset | Bundle,
     *,
     training: dict,
     metrics: dict,
@@ -194,7 +203,7 @@ def save_bundle(
             "training": training,
             "dataset": {
                 "name": dataset.name,
-                "fingerprint": dataset.fingerprint,
+                "fingerprint": dataset.dataset_fingerprint if isinstance(dataset, Bundle) else dataset.fingerprint,
                 "entities": dataset.num_entities,
                 "relations": dataset.num_relations,
                 "triples": {s: int(len(dataset.split(s))) for s in ("train", "valid", "test")},
@@ -241,6 +250,22 @@ class Bundle:
     @property
     def num_relations(self) -> int:
         return len(self.relation_ids)
+
+    # The dataset interface `save_bundle` reads, so that a bundle can be re-saved (compacted).
+    @property
+    def num_entities(self) -> int:
+        return len(self.entity_ids)
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("dataset", {}).get("name", ""))
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        return str(self.manifest.get("dataset", {}).get("fingerprint", ""))
+
+    def split(self, name: str) -> np.ndarray:
+        return self.triples[name]
 
     @cached_property
     def known(self) -> AnswerIndex:
@@ -428,3 +453,21 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         relation_names=[r[1] for r in rels],
         triples=triples,
     )
+
+
+def compact_bundle(src: str | Path, out: str | Path, *, report_test: bool = False, overwrite: bool = False, progress: bool = False) -> Path:
+    """Write a compact copy of the bundle at `src` to `out` (see `save_bundle(compact=True)`),
+    with its validation metrics (and, with report_test, its test metrics) re-measured on the
+    compacted weights; the source's own metrics are kept under `before_compaction`."""
+    from model.evaluate import evaluate
+
+    bundle = load_bundle(src)
+    check_writable(Path(out), overwrite=overwrite)
+    served = as_served(bundle.model)
+    metrics = {"valid": evaluate(served, bundle.triples["valid"], bundle.known, split="valid", progress=progress)}
+    if report_test:
+        metrics["test"] = evaluate(served, bundle.triples["test"], bundle.known, split="test", progress=progress)
+    metrics["before_compaction"] = {
+        split: {k: m[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")} for split, m in bundle.manifest.get("metrics", {}).items() if isinstance(m, dict) and "mrr" in m
+    }
+    return save_bundle(out, served, bundle, training=bundle.manifest.get("training", {}), metrics=metrics, overwrite=overwrite, compact=True)

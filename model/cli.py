@@ -264,11 +264,35 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_bundle(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bundle", help="operations on a trained bundle")
+    bsub = p.add_subparsers(dest="bundle_command", required=True)
+    c = bsub.add_parser("compact", help="write a compact copy for serving: modality tables instead of raw features, int8 entity tables, float16 weights")
+    c.add_argument("src", type=Path)
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--report-test", action="store_true", help="also measure and record the test split (after selection)")
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(handler=cmd_bundle_compact)
+
+
+def cmd_bundle_compact(args: argparse.Namespace) -> int:
+    from model.bundle import compact_bundle, read_manifest
+
+    out = compact_bundle(args.src, args.out, report_test=args.report_test, overwrite=args.overwrite, progress=True)
+    m = read_manifest(out)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    line = f"bundle: {out}  model {m['model_fingerprint'][:12]}  {size / 1e6:.1f} MB  valid MRR {m['metrics']['valid']['mrr']:.4f}"
+    if "test" in m["metrics"]:
+        line += f"  test MRR {m['metrics']['test']['mrr']:.4f}"
+    print(line)
+    return 0
+
+
 def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imf", description="IMF multimodal knowledge-graph link prediction")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_evaluate, add_predict, add_data, add_features, *extra):
+    for add in (add_train, add_evaluate, add_predict, add_bundle, add_data, add_features, *extra):
         add(sub)
     return parser
 

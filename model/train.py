@@ -355,7 +355,7 @@ def train_to_bundle(
     report_test: after model selection is over, evaluate the selected model once on the test
     split and record it in the manifest (`metrics.test`); nothing is chosen by it.
     """
-    from model.bundle import check_writable, decode_state, encode_state, save_bundle
+    from model.bundle import as_served, check_writable, save_bundle
 
     check_writable(out, overwrite=overwrite)  # fail before hours of training, not after
     result = train(cfg, progress=progress, **model_kwargs)
@@ -363,12 +363,9 @@ def train_to_bundle(
     metrics = {"valid": result.valid_metrics}
     known_index = AnswerIndex(result.dataset.all_triples(), result.dataset.num_entities, result.dataset.num_relations)
     if compact:
-        model = model.compacted()
-        state, encoding = encode_state(model.state_dict(), model.cfg.num_entities)
-        model.load_state_dict(decode_state(state, encoding))
-        model.eval()
+        model = as_served(model)
         metrics["valid"] = evaluate(model, result.dataset.valid, known_index, split="valid", batch_size=cfg.eval_batch_size, progress=progress)
-        metrics["valid_before_compaction"] = {k: result.valid_metrics[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")}
+        metrics["before_compaction"] = {"valid": {k: result.valid_metrics[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")}}
         log.info("compact bundle: valid MRR %.4f (%.4f before compaction)", metrics["valid"]["mrr"], result.valid_metrics["mrr"])
     if report_test:
         metrics["test"] = evaluate(model, result.dataset.test, known_index, split="test", batch_size=cfg.eval_batch_size, progress=progress)

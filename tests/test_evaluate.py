@@ -96,3 +96,17 @@ def test_top_k_with_filter_matches_a_full_sort(seed: int) -> None:
                 full = [i for i in full if not known[i]]
             ref = [(i, float(scores[i]), r + 1, bool(known[i])) for r, i in enumerate(full[:k])]
             assert got == ref
+
+
+def test_nan_scores_rank_last() -> None:
+    """A diverged model's NaN scores must not look perfect (NaN compares false with everything,
+    so a naive count of 'greater' scores gives rank 1)."""
+    nan = float("nan")
+    scores = torch.tensor([[nan, nan, nan, nan], [0.1, nan, 0.3, 0.2], [nan, 0.5, 0.1, 0.9]])
+    known = torch.tensor([[False, False, False, False], [False, False, False, False], [False, False, False, True]])
+    ranks = filtered_ranks(scores, torch.tensor([0, 1, 0]), known)
+    # row 0: all NaN -> the last of 4; row 1: NaN target -> last of 4;
+    # row 2: NaN target, entity 3 filtered -> last of the 3 unfiltered
+    assert ranks.tolist() == [4.0, 4.0, 3.0]
+    # a NaN among the others ranks below a finite target
+    assert filtered_ranks(torch.tensor([[0.2, nan, 0.1]]), torch.tensor([2]), torch.zeros(1, 3, dtype=torch.bool)).tolist() == [2.0]

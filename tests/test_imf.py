@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -97,9 +98,10 @@ def test_query_vectors_match_per_query_reference(seed: int) -> None:
             torch.testing.assert_close(q[b], ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_scores_and_decision_fusion_match_loops(seed: int) -> None:
-    model = make_model(seed)
+def test_scores_and_decision_fusion_match_loops(seed: int, output: str) -> None:
+    model = make_model(seed, output=output)
     heads = torch.tensor([0, 5, 5, 39])
     rels = torch.tensor([1, 1, 7, 9])
     with torch.no_grad():
@@ -110,25 +112,32 @@ def test_scores_and_decision_fusion_match_loops(seed: int) -> None:
             w_ref = torch.softmax(model.alpha + model.relation_alpha.weight[r], dim=0)
             torch.testing.assert_close(weights[i], w_ref)
             assert float(weights[i].sum()) == pytest.approx(1.0, abs=1e-6)
+            s = {b: [float(q[b][i] @ tables[b][t]) for t in range(40)] for b in model.branches}
             for t in range(40):
                 p_ref = 0.0
                 for j, b in enumerate(model.branches):
-                    s = float(q[b][i] @ tables[b][t])
-                    assert float(logits[b][i, t]) == pytest.approx(s, rel=1e-4, abs=1e-4)
-                    p_ref += float(w_ref[j]) * (1.0 / (1.0 + torch.exp(torch.tensor(-s, dtype=torch.float64)).item()))
-                assert float(p[i, t]) == pytest.approx(p_ref, rel=1e-5, abs=1e-6)
+                    assert float(logits[b][i, t]) == pytest.approx(s[b][t], rel=1e-4, abs=1e-4)
+                    if output == "sigmoid":
+                        prob = 1.0 / (1.0 + math.exp(-s[b][t]))
+                    else:  # softmax over the 40 entities
+                        prob = math.exp(s[b][t]) / sum(math.exp(x) for x in s[b])
+                    p_ref += float(w_ref[j]) * prob
+                assert float(p[i, t]) == pytest.approx(p_ref, rel=1e-4, abs=1e-7)
+            if output == "softmax":  # a mixture of distributions sums to 1
+                assert float(p[i].sum()) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_candidate_scoring_equals_full_scoring(seed: int) -> None:
-    model = make_model(seed)
+def test_candidate_scoring_equals_full_scoring(seed: int, output: str) -> None:
+    model = make_model(seed, output=output)
     heads = torch.tensor([3, 8, 8])
     rels = torch.tensor([0, 2, 6])
     cand = torch.randint(0, 40, (3, 11), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         full_logits, _, full_p = model.score_candidates(heads, rels)
         logits, _, p = model.score_candidates(heads, rels, cand)
-    torch.testing.assert_close(p, torch.gather(full_p, 1, cand))
+    torch.testing.assert_close(p, torch.gather(full_p, 1, cand), rtol=1e-5, atol=1e-6)  # float32 logits, two kernels
     for b in model.branches:
         torch.testing.assert_close(logits[b], torch.gather(full_logits[b], 1, cand), rtol=1e-5, atol=1e-5)
 
@@ -174,7 +183,7 @@ def test_training_forward_shapes_and_gradients_reach_every_parameter() -> None:
     assert set(logits) == set(model.branches)
     assert all(v.shape == (4, 40) for v in logits.values())
     loss = sum(F.binary_cross_entropy_with_logits(v, torch.zeros_like(v)) for v in logits.values())
-    loss = loss + F.binary_cross_entropy(IMF.fuse(logits, weights, model.branches).clamp(1e-7, 1 - 1e-7), torch.zeros(4, 40))
+    loss = loss + F.binary_cross_entropy(model.fuse(logits, weights).float().clamp(1e-7, 1 - 1e-7), torch.zeros(4, 40))
     loss.backward()
     # Relation-specific weights only get gradient for the relations in the batch; all else must.
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
@@ -285,3 +294,50 @@ def test_config_validation() -> None:
         IMFConfig(num_entities=2, num_relations=1, decision_fusion="mean")
     with pytest.raises(ValueError, match="reserved"):
         IMFConfig(num_entities=2, num_relations=1, modalities={"structure": 3})
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_log_normalizers_match_logsumexp_in_any_chunking(seed: int) -> None:
+    model = make_model(seed)
+    heads, rels = torch.tensor([1, 7, 30]), torch.tensor([0, 4, 8])
+    with torch.no_grad():
+        tables = model.entity_tables()
+        q = model.query_vectors(heads, rels, tables)
+        for chunk in (1, 7, 40, 1000):
+            got = model.log_normalizers(q, tables, chunk=chunk)
+            for b in model.branches:
+                ref = torch.logsumexp((q[b] @ tables[b].T).double(), dim=1)
+                torch.testing.assert_close(got[b], ref, rtol=1e-6, atol=1e-5)  # float32 products of different shapes
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_compacted_model_scores_exactly_alike(seed: int) -> None:
+    model = make_model(seed)
+    with torch.no_grad():
+        model.residual["text"].weight.normal_()  # a non-zero residual must be folded in
+    compact = model.compacted()
+    assert compact.cfg.stored_tables and not hasattr(compact, "features_text")
+    heads, rels = torch.tensor([0, 3, 39]), torch.tensor([2, 6, 9])
+    with torch.no_grad():
+        _, _, p1 = model.score_candidates(heads, rels)
+        _, _, p2 = compact.score_candidates(heads, rels)
+    torch.testing.assert_close(p1, p2)
+
+
+def test_decoder_dropconnect_masks_relation_matrix_entries() -> None:
+    """In training mode hidden_dropout1 zeroes entries of M(r) (one mask per batch): the output
+    equals x @ (M(r) * mask) for some 0/(1/keep) mask shared by every row of the batch."""
+    torch.manual_seed(0)
+    cfg = IMFConfig(num_entities=10, num_relations=2, dim=6, relation_dim=3, input_dropout=0.0, hidden_dropout1=0.5, hidden_dropout2=0.0)
+    dec = IMF(cfg).decoders[STRUCTURE].train()
+    dec.bn0 = torch.nn.Identity()
+    dec.bn1 = torch.nn.Identity()
+    x = torch.randn(5, 6)
+    rel = torch.randn(1, 3)
+    torch.manual_seed(1)
+    out = dec(x, rel, torch.zeros(5, dtype=torch.long))
+    full = x @ torch.einsum("i,ijk->jk", rel[0], dec.core)
+    torch.manual_seed(1)
+    mask = torch.empty(1, 6, 6).bernoulli_(0.5).div_(0.5)[0]
+    torch.testing.assert_close(out, x @ (torch.einsum("i,ijk->jk", rel[0], dec.core) * mask), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out, full)

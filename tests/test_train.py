@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.data import load_dataset
-from model.train import TrainConfig, batch_order, train
+from model.train import TrainConfig, batch_order, resolve_precision, train
 
 
 @pytest.mark.parametrize("groups", [0, 1, 4, 8])
@@ -56,3 +56,94 @@ def test_time_budget_stops_training_and_keeps_a_model(tiny_dataset: Path) -> Non
     assert result.stopped_by == "time budget"
     assert result.epochs_run < 10_000
     assert result.best_epoch >= 1
+
+
+def test_uniform_batches_mix_relations() -> None:
+    """groups=0 (the default) draws batches uniformly: each holds about as many distinct
+    relations as a uniform sample of that size, far more than relation-grouped batches."""
+    rng_rel = np.random.default_rng(3)
+    rels = rng_rel.choice(200, size=20_000, p=np.r_[0.3, np.full(199, 0.7 / 199)])
+    freq = np.bincount(rels, minlength=200) / len(rels)
+    expected = float(np.sum(1 - (1 - freq) ** 256))  # distinct relations in a uniform sample of 256
+    uniform = batch_order(rels, 256, 0, np.random.default_rng(0))
+    grouped = batch_order(rels, 256, 8, np.random.default_rng(0))
+    mean_uniform = np.mean([len(np.unique(rels[b])) for b in uniform[:-1]])
+    mean_grouped = np.mean([len(np.unique(rels[b])) for b in grouped[:-1]])
+    assert mean_uniform == pytest.approx(expected, rel=0.05)
+    assert mean_grouped < 0.3 * mean_uniform
+    assert TrainConfig().relation_groups == 0
+
+
+@pytest.mark.parametrize("q", [65, 129, 64, 1])
+def test_no_batch_of_one(q: int) -> None:
+    batches = batch_order(np.zeros(q, dtype=np.int64), 64, 0, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(q))
+    assert all(len(b) > 1 for b in batches) or q == 1
+
+
+def test_training_with_a_trailing_single_query_works(tiny_dataset: Path) -> None:
+    """The tiny graph has 11 distinct queries; batch size 10 would leave a batch of one, which
+    BatchNorm cannot normalise in training mode."""
+    from model.triples import AnswerIndex
+
+    ds = load_dataset(tiny_dataset)
+    assert len(AnswerIndex(ds.train, ds.num_entities, ds.num_relations)) % 10 == 1
+    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=10), ds, progress=False, dim=8, relation_dim=4)
+    assert result.epochs_run == 2
+
+
+def test_auto_precision_is_fp32_on_cpu_whatever_the_load() -> None:
+    """No timing probe: the same answer every time on a CPU, so seeded runs are reproducible."""
+    assert {resolve_precision("auto", torch.device("cpu")) for _ in range(5)} == {"fp32"}
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_non_finite_loss_stops_training_with_a_clear_error(tiny_dataset: Path, monkeypatch, tmp_path: Path) -> None:
+    import model.train as train_mod
+    from model.cli import main as cli_main
+    from model.errors import TrainingDiverged
+
+    real = train_mod.training_loss
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(train_mod, "training_loss", poisoned)
+    ds = load_dataset(tiny_dataset)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1.*lower --lr"):
+        train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=4), ds, progress=False, dim=8, relation_dim=4)
+    out = tmp_path / "never"
+    assert cli_main(["train", "--dataset", str(tiny_dataset), "--out", str(out), "--dim", "8", "--quiet"]) == 2
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_batchnorm_statistics_match_between_training_and_evaluation(fb15k_slice: Path, loss: str) -> None:
+    """After a few hundred steps on uniformly shuffled batches, the model scores the same
+    queries alike in training mode (batch statistics; no dropout) and in eval mode (running
+    statistics): the ranking of the answers barely changes."""
+    ds = load_dataset(fb15k_slice)
+    cfg = TrainConfig(dataset=str(fb15k_slice), epochs=8, batch_size=64, lr=0.003, loss=loss, patience=100, valid_subset=200)
+    result = train(cfg, ds, progress=False, dim=32, relation_dim=16, input_dropout=0.0, hidden_dropout1=0.0, hidden_dropout2=0.0)
+    steps = sum(-(-h["queries"] // 64) for h in result.history)
+    assert steps >= 300
+    model = result.model
+    g = np.random.default_rng(0)
+    rows = ds.train[g.choice(len(ds.train), 256, replace=False)]
+    heads, rels = torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
+    with torch.no_grad():
+        model.eval()
+        _, _, p_eval = model.score_candidates(heads, rels)
+        model.train()
+        _, _, p_train = model.score_candidates(heads, rels)
+        model.eval()
+    rank_eval = p_eval.argsort(dim=1, descending=True).argsort(dim=1).double()
+    rank_train = p_train.argsort(dim=1, descending=True).argsort(dim=1).double()
+    # Spearman correlation of the two rankings, per query
+    a = rank_eval - rank_eval.mean(dim=1, keepdim=True)
+    b = rank_train - rank_train.mean(dim=1, keepdim=True)
+    rho = (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1))
+    assert float(rho.mean()) > 0.98, float(rho.mean())
+    top_eval, top_train = p_eval.argmax(dim=1), p_train.argmax(dim=1)
+    assert float((top_eval == top_train).double().mean()) > 0.8

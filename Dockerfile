@@ -1,18 +1,21 @@
 # The IMF link-prediction service (`imf serve`), CPU only. See docs/deployment.md.
 #
-#   scripts/container_wheels.sh                      # fills wheels/ with the CPU torch wheel
-#   docker build -t imf-serve .                      # model mounted at run time (a)
-#   docker build -t imf-serve:baked --build-arg BAKE_MODEL=1 .   # default model baked in (b)
-#   docker run -p 8000:8000 -v "$PWD/artifacts/default:/models/default:ro" imf-serve
+#   docker build -t imf-serve .                      # the shipped model (artifacts/default) baked in
+#   docker run -p 8000:8000 imf-serve
+#   docker run -p 8000:8000 -v "$PWD/artifacts/other:/models/default:ro" imf-serve   # another model
+#
+# PyTorch (CPU build) comes from wheels/ when that folder holds a torch wheel (offline builds:
+# scripts/container_wheels.sh fills it), otherwise from the index in the TORCH_INDEX_URL build
+# argument (default: PyTorch's CPU-only index), so a machine with Docker and internet needs no
+# prior step.
 #
 # With podman, add `--format docker` to `podman build` to keep the HEALTHCHECK (the OCI image
 # format has no field for it).
 #
-# Stages: `build` makes a virtual environment in /opt/venv (torch from wheels/ only, never an
-# index, then the project and its other dependencies from PyPI); `model` trains the bundled
-# default model into /models/default when BAKE_MODEL=1 (else leaves /models empty); the final
-# stage is the slim base plus those two folders, run as an unprivileged user. No compiler, no
-# pip cache, no wheels/ or data/ in the final image.
+# Stages: `build` makes a virtual environment in /opt/venv (torch from wheels/ or the CPU
+# index, then the project and its other dependencies from PyPI); the final stage is the slim
+# base plus that venv and the shipped model in /models/default, run as an unprivileged user.
+# No compiler, no pip cache, no wheels/ or data/ in the final image.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -25,11 +28,19 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 
-# 1. PyTorch, CPU build, from the local wheel folder only (`pip install torch` from PyPI would
-#    pull the multi-GB CUDA build). Its own small dependencies come with step 2. Refuse a wheel
-#    that depends on CUDA packages.
+# 1. PyTorch, CPU build: from the local wheel folder when it holds one, else from the CPU-only
+#    index (`pip install torch` from PyPI would pull the multi-GB CUDA build). Its own small
+#    dependencies come with step 2. Refuse a build that depends on CUDA packages.
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY wheels/ /tmp/wheels/
-RUN pip install --no-index --find-links /tmp/wheels --no-deps torch \
+RUN if ls /tmp/wheels/torch-*.whl >/dev/null 2>&1; then \
+      echo "torch from wheels/: $(ls /tmp/wheels/torch-*.whl)"; \
+      pip install --no-index --find-links /tmp/wheels --no-deps torch; \
+    else \
+      echo "wheels/ holds no torch wheel: torch==$TORCH_VERSION from $TORCH_INDEX_URL"; \
+      pip install --no-deps "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"; \
+    fi \
  && python -c "import importlib.metadata as m, sys; bad = [r for r in (m.requires('torch') or []) if r.lower().startswith(('nvidia', 'triton'))]; sys.exit(f'wheels/ holds a CUDA build of torch (needs {bad}); use the +cpu wheel, see scripts/container_wheels.sh' if bad else 0)"
 
 # 2. The project's dependencies, from pyproject.toml alone (stub packages), so that editing the
@@ -55,26 +66,6 @@ RUN pip install --no-deps --no-build-isolation . \
  && python -c "import torch, faiss, service.app; assert torch.version.cuda is None, torch.__version__" \
  && rm -rf build *.egg-info
 
-# ----------------------------------------------------------------------------- model
-# BAKE_MODEL=1 trains the bundled default model (service.cli.DEFAULT_TRAINING: FB15k-237, at
-# most 5 minutes of training) into /models/default; BAKE_TRAIN_ARGS replaces those arguments
-# (e.g. "--dataset db15k --dim 64 --epochs 50"). BAKE_MODEL=0 leaves /models empty, to be
-# mounted at run time.
-FROM build AS model
-ARG BAKE_MODEL=0
-ARG BAKE_TRAIN_ARGS=""
-COPY data/ /src/data/
-RUN mkdir -p /models \
- && if [ "$BAKE_MODEL" = 1 ]; then \
-      args="$BAKE_TRAIN_ARGS"; \
-      [ -n "$args" ] || args=$(python -c "from service.cli import DEFAULT_TRAINING; print(' '.join(DEFAULT_TRAINING))"); \
-      echo "training: imf train $args --out /models/default"; \
-      IMF_DATA_DIR=/src/data imf train $args --out /models/default \
-      && python -c "from pathlib import Path; from model.bundle import read_manifest, verify_files; p = Path('/models/default'); verify_files(p, read_manifest(p))"; \
-    elif [ "$BAKE_MODEL" != 0 ]; then echo "BAKE_MODEL must be 0 or 1, got '$BAKE_MODEL'" >&2; exit 1; \
-    fi \
- && chmod -R a+rX,go-w /models
-
 # ----------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="imf-serve" \
@@ -82,7 +73,9 @@ LABEL org.opencontainers.image.title="imf-serve" \
 RUN groupadd --gid 10001 imf \
  && useradd --uid 10001 --gid 10001 --no-log-init --create-home --home-dir /home/imf --shell /usr/sbin/nologin imf
 COPY --from=build /opt/venv /opt/venv
-COPY --from=model /models /models
+# The shipped, trained default model (about 12 MB); mount another bundle over it to serve that.
+COPY artifacts/default/ /models/default/
+RUN chmod -R a+rX,go-w /models
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -96,4 +89,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('IMF_PORT', '8000'), timeout=4)"]
 # Every setting comes from IMF_* variables (service/settings.py); never trains at start.
-CMD ["imf", "serve", "--no-train"]
+CMD ["imf", "serve"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model.data import load_dataset
+from model.evaluate import filtered_ranks
 from model.train import TrainConfig, batch_order, resolve_precision, train
 
 
@@ -82,13 +83,13 @@ def test_no_batch_of_one(q: int) -> None:
 
 
 def test_training_with_a_trailing_single_query_works(tiny_dataset: Path) -> None:
-    """The tiny graph has 11 distinct queries; batch size 10 would leave a batch of one, which
+    """The tiny graph has 12 distinct queries; batch size 11 would leave a batch of one, which
     BatchNorm cannot normalise in training mode."""
     from model.triples import AnswerIndex
 
     ds = load_dataset(tiny_dataset)
-    assert len(AnswerIndex(ds.train, ds.num_entities, ds.num_relations)) % 10 == 1
-    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=10), ds, progress=False, dim=8, relation_dim=4)
+    assert len(AnswerIndex(ds.train, ds.num_entities, ds.num_relations)) % 11 == 1
+    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=11), ds, progress=False, dim=8, relation_dim=4)
     assert result.epochs_run == 2
 
 
@@ -124,7 +125,7 @@ def test_batchnorm_statistics_match_between_training_and_evaluation(fb15k_slice:
     queries alike in training mode (batch statistics; no dropout) and in eval mode (running
     statistics): the ranking of the answers barely changes."""
     ds = load_dataset(fb15k_slice)
-    cfg = TrainConfig(dataset=str(fb15k_slice), epochs=8, batch_size=64, lr=0.003, loss=loss, patience=100, valid_subset=200)
+    cfg = TrainConfig(dataset=str(fb15k_slice), epochs=8, batch_size=64, lr=0.003, loss=loss, patience=100, valid_subset=200, eval_every=8)
     result = train(cfg, ds, progress=False, dim=32, relation_dim=16, input_dropout=0.0, hidden_dropout1=0.0, hidden_dropout2=0.0)
     steps = sum(-(-h["queries"] // 64) for h in result.history)
     assert steps >= 300
@@ -138,12 +139,16 @@ def test_batchnorm_statistics_match_between_training_and_evaluation(fb15k_slice:
         model.train()
         _, _, p_train = model.score_candidates(heads, rels)
         model.eval()
-    rank_eval = p_eval.argsort(dim=1, descending=True).argsort(dim=1).double()
-    rank_train = p_train.argsort(dim=1, descending=True).argsort(dim=1).double()
-    # Spearman correlation of the two rankings, per query
-    a = rank_eval - rank_eval.mean(dim=1, keepdim=True)
-    b = rank_train - rank_train.mean(dim=1, keepdim=True)
-    rho = (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1))
-    assert float(rho.mean()) > 0.98, float(rho.mean())
-    top_eval, top_train = p_eval.argmax(dim=1), p_train.argmax(dim=1)
-    assert float((top_eval == top_train).double().mean()) > 0.8
+    # The answers' ranks agree: the same MRR either way, and mostly the same top 10.
+    tails = torch.from_numpy(rows[:, 2])
+    known = torch.zeros_like(p_eval, dtype=torch.bool)
+    ranks_eval = filtered_ranks(p_eval, tails, known)
+    ranks_train = filtered_ranks(p_train, tails, known)
+    mrr_eval, mrr_train = float((1 / ranks_eval).mean()), float((1 / ranks_train).mean())
+    top_eval = p_eval.topk(10, dim=1).indices
+    top_train = p_train.topk(10, dim=1).indices
+    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(top_eval, top_train)])
+    print(f"{loss}: MRR eval {mrr_eval:.4f} train-mode {mrr_train:.4f}, top-10 overlap {overlap:.3f}")
+    assert mrr_eval > 0.1  # the model learned something, so the comparison means something
+    assert abs(mrr_train - mrr_eval) < 0.1 * mrr_eval
+    assert overlap > 0.7

@@ -1,14 +1,17 @@
-"""Quality benchmark: IMF against structure-only and ablations, same training budget, test metrics.
+"""Quality benchmark: IMF against structure-only and ablations, test metrics of the selected model.
 
 Every run trains with `python -m model train` (model selection and early stopping on the
 validation split only), then `python -m model evaluate --split test --json` scores the selected
-model once on the test split. Runs can go in parallel (on a GPU several small runs share it well).
+model once on the test split. Runs can go in parallel (on a GPU several small runs share it
+well; on a 2-core CPU give each `--threads 1`).
 
-    python bench/quality.py --dataset fb15k-237 --epochs 40 --device cuda --parallel 7
+    python bench/quality.py --dataset wn9-img --epochs 200 --patience 5 --parallel 2 --threads 1
     python bench/quality.py --dataset db15k --runs imf,structure-only --epochs 40 --device cuda
 
-Prints one JSON line per finished run and, at the end, a markdown table; writes both under
---out (default bench/results/quality-DATASET.{json,md}).
+Prints one JSON line per finished run and, at the end, a markdown table; writes both to
+bench/results/quality-DATASET.{json,md} (--results), the bundles to runs/quality-DATASET/
+(--out, gitignored). Each result keeps the run's learning curve (validation MRR per epoch and
+the training wall time so far), which bench/learning_curves.py draws.
 """
 
 from __future__ import annotations
@@ -36,10 +39,9 @@ def run_specs(dataset: str) -> dict[str, list[str]]:
     specs = {
         "imf": [],
         "structure-only": ["--modalities", "none"],
-        "no-contrastive": ["--contrastive-weight", "0"],
-        "contrastive-x10": ["--contrastive-weight", "0.1"],
+        "with-contrastive": ["--contrastive-weight", "0.1"],
         "equal-weights": ["--decision-fusion", "equal"],
-        "relu-fusion": ["--fusion-activation", "relu"],
+        "bce": ["--loss", "bce"],
     }
     if len(mods) > 1:
         for m in mods:
@@ -52,6 +54,7 @@ def one_run(name: str, extra: list[str], args: argparse.Namespace, out_root: Pat
     cmd = [
         sys.executable, "-m", "model", "train", "--dataset", args.dataset, "--out", str(bundle), "--overwrite",
         "--epochs", str(args.epochs), "--dim", str(args.dim), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+        *(["--relation-dim", str(args.relation_dim)] if args.relation_dim else []),
         "--device", args.device, "--seed", str(args.seed), "--patience", str(args.patience), "--quiet",
         *(["--max-minutes", str(args.max_minutes)] if args.max_minutes else []),
         *(["--threads", str(args.threads)] if args.threads else []),
@@ -84,12 +87,15 @@ def one_run(name: str, extra: list[str], args: argparse.Namespace, out_root: Pat
         "test": {k: test[k] for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10")},
         "test_per_branch_mrr": {b: m["mrr"] for b, m in test["per_branch"].items()},
         "test_per_direction_mrr": {d: m["mrr"] for d, m in test["per_direction"].items()},
+        "modalities_real": {m: v["coverage"] for m, v in manifest["modalities"].items()},
+        "history": tr["history"],
+        "command": " ".join(cmd[1:]),
     }
 
 
 def markdown(results: list[dict], meta: dict) -> str:
     lines = [
-        f"Dataset {meta['dataset']}, d={meta['dim']}, batch {meta['batch_size']}, lr {meta['lr']}, up to {meta['epochs']} epochs "
+        f"Dataset {meta['dataset']}, d={meta['dim']}, d_r={meta.get('relation_dim') or meta['dim']}, batch {meta['batch_size']}, lr {meta['lr']}, up to {meta['epochs']} epochs "
         f"(early stopping on valid, patience {meta['patience']}), seed {meta['seed']}, device {meta['device_name']}.",
         "",
         "| run | branches | valid MRR | test MRR | MR | H@1 | H@3 | H@10 | epochs (best) | train time |",
@@ -127,7 +133,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--max-minutes", type=float, default=None, help="per-run wall-time cap (safety net)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for bundles and results")
+    ap.add_argument("--relation-dim", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="folder for the bundles (default runs/quality-DATASET)")
+    ap.add_argument("--results", type=Path, default=None, help="results prefix (default bench/results/quality-DATASET)")
     ap.add_argument("train_args", nargs="*", help="extra `imf train` arguments for every run (after --)")
     args = ap.parse_args()
     specs = run_specs(args.dataset)
@@ -137,8 +145,10 @@ def main() -> int:
         if unknown:
             ap.error(f"unknown run(s) {unknown}; known: {list(specs)}")
         specs = {k: specs[k] for k in wanted}
-    out_root = args.out or REPO / "bench" / "results" / f"quality-{args.dataset}"
+    out_root = args.out or REPO / "runs" / f"quality-{args.dataset}"
     out_root.mkdir(parents=True, exist_ok=True)
+    results_prefix = args.results or REPO / "bench" / "results" / f"quality-{args.dataset}"
+    results_prefix.parent.mkdir(parents=True, exist_ok=True)
     device_name = args.device
     if args.device.startswith("cuda"):
         import torch
@@ -146,7 +156,7 @@ def main() -> int:
         device_name = f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
     else:
         device_name = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    meta = {**{k: v for k, v in vars(args).items() if k not in ("out",)}, "device_name": device_name}
+    meta = {**{k: v for k, v in vars(args).items() if k not in ("out", "results")}, "device_name": device_name}
     results: list[dict] = []
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
@@ -157,8 +167,9 @@ def main() -> int:
             print(json.dumps(res), flush=True)
     meta["wall_seconds"] = round(time.monotonic() - t0, 1)
     table = markdown(results, meta)
-    (out_root / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    (out_root / "results.md").write_text(table + "\n")
+    meta["out"] = str(out_root)
+    results_prefix.with_suffix(".json").write_text(json.dumps({"meta": {k: str(v) if isinstance(v, Path) else v for k, v in meta.items()}, "results": results}, indent=2))
+    results_prefix.with_suffix(".md").write_text(table + "\n")
     print(table)
     print(f"total wall time {meta['wall_seconds'] / 60:.1f} min")
     return 0 if all("error" not in r for r in results) else 1

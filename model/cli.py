@@ -73,6 +73,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--init-from", type=Path, default=None, help="continue training from this (full) bundle of the same model; --epochs counts all epochs")
     p.add_argument("--compact", action="store_true", help="write a compact bundle: modality tables instead of raw features, int8 entity tables, float16 weights")
     p.add_argument("--report-test", action="store_true", help="after model selection, evaluate the selected model once on the test split and record it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -106,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         valid_subset=args.valid_subset or None,
         max_minutes=args.max_minutes,
         precision=args.precision,
+        init_from=str(args.init_from) if args.init_from else None,
     )
     out = train_to_bundle(
         cfg,

@@ -69,6 +69,7 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-time budget; the best model so far is kept
     eval_batch_size: int = 256
     precision: str = "auto"  # "fp32", "bf16" (autocast matmuls), or "auto": bf16 on CUDA with bf16, else fp32
+    init_from: str | None = None  # a full-precision bundle of the same model to continue training from
 
     def __post_init__(self) -> None:
         checks = {
@@ -254,9 +255,15 @@ def train(
     history: list[dict] = []
     stopped_by = "epochs"
     deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    epoch = 0
-    train_seconds = 0.0
-    for epoch in range(1, cfg.epochs + 1):
+    first_epoch, train_seconds = 1, 0.0
+    if cfg.init_from:
+        # Continue a run: its weights, its history (epochs and training time go on counting), and
+        # its best validation score as the one to beat. Adam's moments start afresh.
+        history, first_epoch, train_seconds, best_mrr, best_epoch = _continue_from(cfg.init_from, model)
+        best_state = copy.deepcopy(model.state_dict())
+        model.to(device)
+    epoch = first_epoch - 1
+    for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         batches = batch_order(q_rels, cfg.batch_size, cfg.relation_groups, rng)
         t0 = time.monotonic()
@@ -335,6 +342,38 @@ def train(
         best_epoch=best_epoch,
         seconds=time.monotonic() - started,
         stopped_by=stopped_by,
+    )
+
+
+def _continue_from(path: str, model: IMF) -> tuple[list[dict], int, float, float, int]:
+    """Load a bundle's weights into `model` (same configuration) for continued training.
+
+    Returns (history, first epoch to run, training seconds so far, best validation MRR of the
+    history, its epoch). The bundle must be a full one (not compacted): compact bundles hold
+    int8 tables and no raw features, so they cannot be trained further.
+    """
+    from model.bundle import load_bundle
+    from model.errors import BundleError
+
+    bundle = load_bundle(path)
+    if bundle.model.cfg.stored_tables:
+        raise BundleError(f"{path}: a compact bundle cannot be trained further; continue from the full bundle")
+    mine, theirs = model.cfg.to_dict(), bundle.model.cfg.to_dict()
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    if diff:
+        raise BundleError(f"{path}: model configuration differs from this run's: " + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items()))
+    model.load_state_dict(bundle.model.state_dict())
+    tr = bundle.manifest.get("training", {})
+    history = list(tr.get("history", []))
+    scored = [h for h in history if "valid_mrr" in h]
+    best = max(scored, key=lambda h: h["valid_mrr"]) if scored else None
+    log.info("continuing from %s: %d epochs done, best valid MRR %s", path, len(history), f"{best['valid_mrr']:.4f}" if best else "-")
+    return (
+        history,
+        len(history) + 1,
+        float(history[-1].get("train_s", 0.0)) if history else 0.0,
+        best["valid_mrr"] if best else -math.inf,
+        int(best["epoch"]) if best else 0,
     )
 
 

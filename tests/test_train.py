@@ -152,3 +152,23 @@ def test_batchnorm_statistics_match_between_training_and_evaluation(fb15k_slice:
     assert mrr_eval > 0.1  # the model learned something, so the comparison means something
     assert abs(mrr_train - mrr_eval) < 0.1 * mrr_eval
     assert overlap > 0.7
+
+
+def test_continued_training_keeps_counting_and_refuses_compact_bundles(tiny_dataset: Path, tmp_path: Path) -> None:
+    from model.bundle import save_bundle
+    from model.errors import BundleError
+
+    ds = load_dataset(tiny_dataset)
+    kw = dict(dim=8, relation_dim=4)
+    first = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=4, seed=1, patience=10), ds, progress=False, **kw)
+    hist = [dict(h) for h in first.history]
+    full = save_bundle(tmp_path / "full", first.model, ds, training={"history": hist}, metrics={})
+    more = train(TrainConfig(dataset=str(tiny_dataset), epochs=4, batch_size=4, seed=1, patience=10, init_from=str(full)), ds, progress=False, **kw)
+    assert [h["epoch"] for h in more.history] == [1, 2, 3, 4]
+    assert more.history[:2] == hist
+    assert more.history[2]["train_s"] > hist[-1]["train_s"]
+    compact = save_bundle(tmp_path / "compact", first.model, ds, training={"history": hist}, metrics={}, compact=True)
+    with pytest.raises(BundleError, match="compact bundle cannot be trained further"):
+        train(TrainConfig(dataset=str(tiny_dataset), epochs=3, init_from=str(compact)), ds, progress=False, **kw)
+    with pytest.raises(BundleError, match="configuration differs"):
+        train(TrainConfig(dataset=str(tiny_dataset), epochs=3, init_from=str(full)), ds, progress=False, dim=6, relation_dim=4)

@@ -39,6 +39,11 @@ from service.index import EXACT, INDEX_DIR, CandidateIndex, resolve_kind
 
 log = logging.getLogger(__name__)
 
+# Largest graph whose softmax normalisers are computed exactly on a retrieval path; above it the
+# scores are normalised over the retrieved candidates (the ranking among them is unchanged
+# within a branch, the branch mixture weighs them slightly differently).
+EXACT_NORMALIZER_MAX = 200_000
+
 
 @dataclass(frozen=True)
 class Query:
@@ -236,7 +241,13 @@ class Predictor:
             ids = self.candidates_for(queries, qv, w, known)  # (B, M), -1 padded
         valid = ids >= 0
         cand = None if self.index is None else torch.from_numpy(np.where(valid, ids, 0))
-        _, p = self.model.rescore(qv, w, self.tables, cand)  # (B, M) exact fused probabilities
+        log_norm = None
+        if cand is not None and self.model.cfg.output == "softmax" and self.num_entities <= EXACT_NORMALIZER_MAX:
+            # Softmax branches need each branch's normaliser over all N entities. Up to
+            # EXACT_NORMALIZER_MAX entities it is computed exactly (the cost of one exhaustive
+            # scoring pass, in chunks); above, the candidates' own sum stands in for it.
+            log_norm = self.model.log_normalizers(qv, self.tables)
+        _, p = self.model.rescore(qv, w, self.tables, cand, log_norm=log_norm)  # (B, M) exact fused probabilities
         p = p.numpy()
         out = []
         for i, q in enumerate(queries):

@@ -358,8 +358,10 @@ def _continue_from(path: str, model: IMF) -> tuple[list[dict], int, float, float
     bundle = load_bundle(path)
     if bundle.model.cfg.stored_tables:
         raise BundleError(f"{path}: a compact bundle cannot be trained further; continue from the full bundle")
+    # Dropout rates only act while training: a continued run may change them (anneal).
+    training_only = ("input_dropout", "hidden_dropout1", "hidden_dropout2")
     mine, theirs = model.cfg.to_dict(), bundle.model.cfg.to_dict()
-    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v and k not in training_only}
     if diff:
         raise BundleError(f"{path}: model configuration differs from this run's: " + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items()))
     model.load_state_dict(bundle.model.state_dict())

@@ -54,7 +54,7 @@ def test_full_depth_retrieval_equals_exhaustive_scoring(predictor: Predictor, se
         got = full.predict(q)
         ref = exhaustive_reference(full, q)
         assert [r.entity for r in got] == [e for e, _, _ in ref]
-        assert [r.score for r in got] == pytest.approx([s for _, s, _ in ref], rel=1e-6)  # float32 logits
+        assert [r.score for r in got] == pytest.approx([s for _, s, _ in ref], rel=1e-4)  # float32 logits of two kernels: softmax turns their absolute error into relative error
         assert [r.known for r in got] == [k for _, _, k in ref]
         assert [r.rank for r in got] == list(range(1, len(ref) + 1))
         # and the engine's own exhaustive path agrees too
@@ -104,7 +104,7 @@ def test_predict_many_equals_one_by_one(predictor: Predictor) -> None:
     for q, batch_answer in zip(qs, together):
         single = full.predict(q)
         assert [(r.entity, r.rank, r.known) for r in single] == [(r.entity, r.rank, r.known) for r in batch_answer]
-        assert [r.score for r in single] == pytest.approx([r.score for r in batch_answer], rel=1e-6)
+        assert [r.score for r in single] == pytest.approx([r.score for r in batch_answer], rel=1e-4)
 
 
 def test_default_depth_recall_is_high_on_the_slice(predictor: Predictor) -> None:
@@ -128,7 +128,7 @@ def test_explain_decomposes_the_score(predictor: Predictor) -> None:
         logits, _, _ = predictor.model.score_candidates(torch.tensor([q.entity]), torch.tensor([rel]), tables=predictor.tables)
     for e, r in zip(explained, predicted):
         assert sum(b["contribution"] for b in e.branches.values()) == pytest.approx(e.score, abs=1e-12)
-        assert e.score == pytest.approx(r.score, rel=1e-6)
+        assert e.score == pytest.approx(r.score, rel=1e-4)
         for b, part in e.branches.items():
             assert part["contribution"] == pytest.approx(weights[b] * part["probability"], rel=1e-12)
             s = logits[b][0]
@@ -137,7 +137,7 @@ def test_explain_decomposes_the_score(predictor: Predictor) -> None:
     tail = predicted[3].entity
     _, only = predictor.explain(q, tail)
     assert [e.entity for e in only] == [tail]
-    assert only[0].score == pytest.approx(predicted[3].score, rel=1e-6)
+    assert only[0].score == pytest.approx(predicted[3].score, rel=1e-4)
 
 
 def test_resolution_by_id_and_name_and_errors(predictor: Predictor) -> None:

@@ -45,7 +45,7 @@ class QueryEcho(BaseModel):
 class Prediction(BaseModel):
     entity: str
     name: str
-    score: float = Field(description="fused decision-fusion probability p = sum_b w_b(r) sigmoid(s_b)")
+    score: float = Field(description="fused decision-fusion probability p = sum_b w_b(r) P_b: P_b is branch b's softmax over all entities (cross-entropy models; scores of all entities sum to 1) or sigmoid(s_b) (BCE models)")
     rank: int
     known: bool = Field(description="the triple is already in the KG (train, valid or test)")
 
@@ -76,7 +76,7 @@ class ExplainRequest(_Strict):
 
 
 class BranchPart(BaseModel):
-    probability: float = Field(description="sigmoid of the branch's own logit")
+    probability: float = Field(description="the branch's own probability P_b of this candidate: its softmax over all entities (cross-entropy models) or the sigmoid of its logit (BCE models)")
     contribution: float = Field(description="weight x probability; the contributions sum to the score")
     rank: int = Field(description="rank of this candidate among all entities by the branch's own score (unfiltered)")
 

@@ -129,16 +129,6 @@ class TuckerDecoder(nn.Module):
         self.hidden_dropout1 = nn.Dropout(cfg.hidden_dropout1)
         self.hidden_dropout2 = nn.Dropout(cfg.hidden_dropout2)
 
-    def relation_matrices(self, rel_emb: Tensor) -> Tensor:
-        """rel_emb: (U, d_r) -> M(r): (U, d, d).
-
-        Computed in float32 even under autocast: casting the whole d_r x d x d core to bf16 on
-        every step costs more than this small product over the U relations of a batch.
-        """
-        d = self.dim
-        with torch.autocast(rel_emb.device.type, enabled=False):
-            return (rel_emb.float() @ self.core.view(self.core.shape[0], d * d)).view(-1, d, d)
-
     def forward(self, head_emb: Tensor, rel_emb: Tensor, rel_ids: Tensor) -> Tensor:
         """head_emb: (B, d); rel_emb: (U, d_r) for the distinct relations `unique(rel_ids)`;
         rel_ids: (B,) index into rel_emb. Returns q: (B, d).

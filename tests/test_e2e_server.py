@@ -23,6 +23,22 @@ from tests.test_cache import free_port
 REPO = Path(__file__).resolve().parent.parent
 
 
+def wait_ready(proc: subprocess.Popen, base: str, timeout: float) -> None:
+    """Poll `base`/ready until it answers 200; fail with the server's output if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early:\n{proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server not ready in {timeout:.0f} s")
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def live_server(slice_bundle: Path) -> Iterator[str]:
     port = free_port()
@@ -38,19 +54,8 @@ def live_server(slice_bundle: Path) -> Iterator[str]:
     env.pop("IMF_REDIS_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "service", str(slice_bundle)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
     try:
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited early:\n{proc.stdout.read() if proc.stdout else ''}")
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("server not ready in 120 s")
-            time.sleep(0.1)
+        wait_ready(proc, base, 120)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)

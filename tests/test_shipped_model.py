@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ import pytest
 
 from model.bundle import load_bundle, read_manifest
 from tests.test_cache import free_port
+from tests.test_e2e_server import wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "artifacts" / "default"
@@ -54,17 +54,7 @@ def test_serve_with_no_arguments_answers_the_readme_example() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited early:\n{proc.stdout.read() if proc.stdout else ''}")
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the shipped model was not ready within 60 s"
-            time.sleep(0.1)
+        wait_ready(proc, base, 60)  # the shipped model loads in seconds: no training at start
         res = httpx.post(f"{base}/predict", json={"head": "Barack Obama", "relation": "/people/person/nationality", "k": 3, "filter_known": False}, timeout=30)
         assert res.status_code == 200, res.text
         body = res.json()

@@ -83,7 +83,7 @@ def main() -> int:
     index = AnswerIndex(ds.train, ds.num_entities, ds.num_relations)
     print(f"# FB15k-237: {ds.num_entities} entities, {len(index)} training queries per epoch; branches structure, text, numeric, multimodal")
     print(f"# CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, torch threads {args.threads}, torch {torch.__version__}, float32")
-    print(f"| d | d_r | batch | " + " | ".join(CONFIGS) + " |")
+    print("| d | d_r | batch | " + " | ".join(CONFIGS) + " |")
     print("|---|---|---|" + "---|" * len(CONFIGS))
     for dim in (int(d) for d in args.dims.split(",")):
         common = dict(steps=args.steps, repeats=args.repeats, warmup=args.warmup)

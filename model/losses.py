@@ -139,8 +139,7 @@ def mixture_cross_entropy(
     the mixture costs O(P * nb) on top of the branches' logsumexp, not another pass over B x N.
     """
     b_rows = logits[0].shape[0]
-    n = logits[0].shape[1]
-    counts = torch.bincount(positions, minlength=b_rows).to(logits[0].dtype)  # (B,)
+    counts = torch.bincount(positions, minlength=b_rows).float()  # (B,) answers per row
     pair_weight = (1.0 - smoothing) / counts[positions]  # (P,) target mass of each answer
     losses = []
     log_probs_at_answers = []  # (P,) per branch: log P_b(answer)

@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 device=${DEVICE:-cpu}
-model=(--dataset fb15k-237 --dim 128 --relation-dim 32 --batch-size 512 --seed 0 --device "$device" --quiet)
+model=(--dataset fb15k-237 --dim 128 --relation-dim 32 --batch-size 512 --seed 0 --device "$device")   # progress bars on
 .venv/bin/imf train "${model[@]}" --out runs/default-stage1 --overwrite --epochs 100 \
   --lr 0.003 --lr-decay 0.97 --input-dropout 0.2 --hidden-dropout1 0.2 --hidden-dropout2 0.3 \
   --patience 4 --max-minutes 55 --threads 2

@@ -94,8 +94,18 @@ def make_scaled(source: Path, out: Path, entities: int, *, jitter: float = 0.5, 
         return big
 
     with torch.no_grad():
-        feats = {mod: grow(m.projection[mod](getattr(m, f"features_{mod}").float())) for mod in m.modalities}
         present = {mod: m.present(mod)[origin] for mod in m.modalities}
+        if m.cfg.stored_tables:  # a compact bundle: grow its final modality tables directly
+            cfg = replace(m.cfg, num_entities=entities)
+            big = IMF(cfg, present=present)
+            state = {k: v for k, v in m.state_dict().items() if not k.startswith(("table_", "present_", "entity."))}
+            missing, unexpected = big.load_state_dict(state, strict=False)
+            assert not unexpected, unexpected
+            big.entity.weight.copy_(grow(m.entity.weight))
+            for mod in m.modalities:
+                getattr(big, f"table_{mod}").copy_(grow(m.modality_embeddings(mod)))
+            return _save_scaled(src, big, out, entities, jitter, seed, source, overwrite)
+        feats = {mod: grow(m.projection[mod](getattr(m, f"features_{mod}").float())) for mod in m.modalities}
         cfg = replace(m.cfg, num_entities=entities, modalities={mod: d for mod in m.modalities})
         big = IMF(cfg, feats, present)
         state = {k: v for k, v in m.state_dict().items() if not k.startswith(("features_", "present_", "entity.", "residual.", "projection."))}
@@ -107,6 +117,12 @@ def make_scaled(source: Path, out: Path, entities: int, *, jitter: float = 0.5, 
             big.projection[mod].bias.zero_()
             if cfg.feature_residual:
                 big.residual[mod].weight.copy_(grow(m.residual[mod].weight))
+    return _save_scaled(src, big, out, entities, jitter, seed, source, overwrite)
+
+
+def _save_scaled(src, big: IMF, out: Path, entities: int, jitter: float, seed: int, source: Path, overwrite: bool) -> Path:
+    """Write the grown model `big` of `src` as a bundle with copied names and the same triples."""
+    n = len(src.entity_ids)
     big.eval()
     names = [src.entity_names[i] if i < n else f"{src.entity_names[i % n]} (copy {i // n})" for i in range(entities)]
     ids = [src.entity_ids[i] if i < n else f"{src.entity_ids[i % n]}~{i // n}" for i in range(entities)]

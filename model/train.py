@@ -300,6 +300,8 @@ def train(
                 break
         bar.close()
         loss_avg = float(loss_sum) / max(seen, 1)
+        if not math.isfinite(loss_avg):  # on a GPU the last steps of an epoch were not checked yet
+            raise TrainingDiverged(f"training diverged: the mean loss of epoch {epoch} is {loss_avg}; lower --lr or use --precision fp32. Nothing was written.")
         scheduler.step()
         epoch_s = time.monotonic() - t0
         record = {"epoch": epoch, "loss": loss_avg, "queries": seen, "seconds": epoch_s, "queries_per_s": seen / max(epoch_s, 1e-9)}

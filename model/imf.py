@@ -386,6 +386,30 @@ class IMF(nn.Module):
         out.load_state_dict(state, strict=True)
         return out.train(self.training)
 
+    def load_compacted(self, compact: IMF) -> None:
+        """Load a compacted model's weights into this trainable one (same configuration, raw
+        features in place): the inverse of `compacted()`, so a shipped bundle can be trained
+        further. Each stored table C_m becomes this model's projection of its own features plus
+        a residual R_m = C_m - proj_m(f_m), so `entity_tables()` reproduces the stored tables
+        exactly (the int8 rounding of a compact bundle is carried over, not undone)."""
+        if not compact.cfg.stored_tables or self.cfg.stored_tables:
+            raise ValueError("load_compacted expects a compacted source and a trainable target")
+        if self.modalities and not self.cfg.feature_residual:
+            raise ValueError("a compacted model can only be expanded into one with feature_residual=True")
+        src = compact.state_dict()
+        state = self.state_dict()
+        for k, v in src.items():
+            if not k.startswith("table_"):
+                state[k] = v
+        self.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            for m in self.modalities:
+                if not torch.equal(self.present(m), compact.present(m)):
+                    raise ValueError(f"modality {m!r}: the features cover other entities than the compacted model's")
+                self.residual[m].weight.zero_()
+                base = self.modality_embeddings(m)  # projection or missing vector, residual 0
+                self.residual[m].weight.copy_(getattr(compact, f"table_{m}").float() - base)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

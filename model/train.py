@@ -351,22 +351,27 @@ def _continue_from(path: str, model: IMF) -> tuple[list[dict], int, float, float
     """Load a bundle's weights into `model` (same configuration) for continued training.
 
     Returns (history, first epoch to run, training seconds so far, best validation MRR of the
-    history, its epoch). The bundle must be a full one (not compacted): compact bundles hold
-    int8 tables and no raw features, so they cannot be trained further.
+    history, its epoch). A compact bundle (int8 tables, no raw features) is expanded against
+    the features `model` was built with: each modality table becomes projection + residual.
     """
     from model.bundle import load_bundle
     from model.errors import BundleError
 
     bundle = load_bundle(path)
-    if bundle.model.cfg.stored_tables:
-        raise BundleError(f"{path}: a compact bundle cannot be trained further; continue from the full bundle")
-    # Dropout rates only act while training: a continued run may change them (anneal).
-    training_only = ("input_dropout", "hidden_dropout1", "hidden_dropout2")
+    # Dropout rates only act while training: a continued run may change them (anneal). A
+    # compact bundle is expanded against this run's features (IMF.load_compacted).
+    training_only = ("input_dropout", "hidden_dropout1", "hidden_dropout2", "stored_tables")
     mine, theirs = model.cfg.to_dict(), bundle.model.cfg.to_dict()
     diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v and k not in training_only}
     if diff:
         raise BundleError(f"{path}: model configuration differs from this run's: " + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items()))
-    model.load_state_dict(bundle.model.state_dict())
+    if bundle.model.cfg.stored_tables:
+        try:
+            model.load_compacted(bundle.model)
+        except ValueError as err:
+            raise BundleError(f"{path}: {err}") from err
+    else:
+        model.load_state_dict(bundle.model.state_dict())
     tr = bundle.manifest.get("training", {})
     history = list(tr.get("history", []))
     scored = [h for h in history if "valid_mrr" in h]

@@ -324,6 +324,31 @@ def test_compacted_model_scores_exactly_alike(seed: int) -> None:
     torch.testing.assert_close(p1, p2)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_compacted_model_expands_back_to_a_trainable_one(seed: int) -> None:
+    model = make_model(seed)
+    with torch.no_grad():
+        model.residual["text"].weight.normal_()
+        model.missing["text"].normal_()
+    compact = model.compacted()
+    with torch.no_grad():  # stand-in for int8 rounding: the tables need not be proj + residual
+        for m in compact.modalities:
+            getattr(compact, f"table_{m}").add_(0.01 * torch.randn_like(getattr(compact, f"table_{m}")))
+    fresh = make_model(seed + 100)  # other weights, same features and configuration
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(("features_", "present_"))}, strict=False)
+    fresh.load_compacted(compact)
+    assert not fresh.cfg.stored_tables and fresh.residual["text"].weight.requires_grad
+    for b, table in compact.entity_tables().items():
+        torch.testing.assert_close(fresh.entity_tables()[b], table, rtol=1e-5, atol=1e-5)
+    heads, rels = torch.tensor([0, 3, 39]), torch.tensor([2, 6, 9])
+    with torch.no_grad():
+        _, _, p1 = fresh.eval().score_candidates(heads, rels)
+        _, _, p2 = compact.eval().score_candidates(heads, rels)
+    torch.testing.assert_close(p1, p2)
+    with pytest.raises(ValueError, match="compacted source"):
+        fresh.load_compacted(model)
+
+
 def test_decoder_dropconnect_masks_relation_matrix_entries() -> None:
     """In training mode hidden_dropout1 zeroes entries of M(r) (one mask per batch): the output
     equals x @ (M(r) * mask) for some 0/(1/keep) mask shared by every row of the batch."""

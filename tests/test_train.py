@@ -154,7 +154,7 @@ def test_batchnorm_statistics_match_between_training_and_evaluation(fb15k_slice:
     assert overlap > 0.7
 
 
-def test_continued_training_keeps_counting_and_refuses_compact_bundles(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_continued_training_keeps_counting_and_expands_compact_bundles(tiny_dataset: Path, tmp_path: Path) -> None:
     from model.bundle import save_bundle
     from model.errors import BundleError
 
@@ -167,8 +167,9 @@ def test_continued_training_keeps_counting_and_refuses_compact_bundles(tiny_data
     assert [h["epoch"] for h in more.history] == [1, 2, 3, 4]
     assert more.history[:2] == hist
     assert more.history[2]["train_s"] > hist[-1]["train_s"]
+    # A compact bundle (the shipped kind) is expanded against the dataset's features and goes on.
     compact = save_bundle(tmp_path / "compact", first.model, ds, training={"history": hist}, metrics={}, compact=True)
-    with pytest.raises(BundleError, match="compact bundle cannot be trained further"):
-        train(TrainConfig(dataset=str(tiny_dataset), epochs=3, init_from=str(compact)), ds, progress=False, **kw)
+    again = train(TrainConfig(dataset=str(tiny_dataset), epochs=3, batch_size=4, seed=1, patience=10, init_from=str(compact)), ds, progress=False, **kw)
+    assert [h["epoch"] for h in again.history] == [1, 2, 3] and not again.model.cfg.stored_tables
     with pytest.raises(BundleError, match="configuration differs"):
         train(TrainConfig(dataset=str(tiny_dataset), epochs=3, init_from=str(full)), ds, progress=False, dim=6, relation_dim=4)

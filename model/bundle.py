@@ -35,8 +35,10 @@ from safetensors.torch import load_file, save_file
 
 from model import __version__
 from model.data import KGDataset
+from model.textio import decode_field, encode_record, records
 from model.errors import BundleError, UnknownNameError
 from model.imf import IMF, IMFConfig
+from model.names import NameIndex
 from model.triples import AnswerIndex
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _tsv(text: str) -> str:
-    return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+# Vocabularies are written with model.textio's escapes (any name round-trips); bundles written
+# before it replaced tabs and newlines by spaces and carry no "vocab_encoding".
+VOCAB_ENCODING = "tsv-escaped-v1"
 
 
 def _share(folder: Path) -> None:
@@ -181,11 +184,11 @@ def save_bundle(
             str(tmp / KNOWN),
         )
         (tmp / ENTITIES).write_text(
-            "".join(f"{_tsv(i)}\t{_tsv(n)}\t{_tsv(d)}\n" for i, n, d in zip(dataset.entity_ids, dataset.entity_names, dataset.entity_descriptions, strict=True)),
+            "".join(encode_record([i, n, d]) for i, n, d in zip(dataset.entity_ids, dataset.entity_names, dataset.entity_descriptions, strict=True)),
             encoding="utf-8",
         )
         (tmp / RELATIONS).write_text(
-            "".join(f"{_tsv(i)}\t{_tsv(n)}\n" for i, n in zip(dataset.relation_ids, dataset.relation_names, strict=True)),
+            "".join(encode_record([i, n]) for i, n in zip(dataset.relation_ids, dataset.relation_names, strict=True)),
             encoding="utf-8",
         )
         files = {name: sha256_file(tmp / name) for name in REQUIRED_FILES}
@@ -196,6 +199,7 @@ def save_bundle(
             "library_version": __version__,
             "model_config": model.cfg.to_dict(),
             "weights_encoding": encoding,
+            "vocab_encoding": VOCAB_ENCODING,
             "branches": model.branches,
             "modalities": {
                 m: {"dim": model.cfg.modalities[m], "coverage": int(model.present(m).sum())} for m in model.modalities
@@ -285,9 +289,8 @@ class Bundle:
     def _entity_by_name(self) -> dict[str, int]:
         """Lower-cased name -> entity; a name shared by several entities goes to the one with
         the most training triples (deterministic, and the one a user most likely means)."""
-        degree = np.bincount(self.triples["train"][:, [0, 2]].ravel(), minlength=len(self.entity_ids))
         out: dict[str, int] = {}
-        for i in np.argsort(-degree, kind="stable"):
+        for i in np.argsort(-self._degree, kind="stable"):
             out.setdefault(self.entity_names[i].lower(), int(i))
         return out
 
@@ -305,8 +308,7 @@ class Bundle:
         hit = self._entity_by_name.get(key.strip().lower())
         if hit is not None:
             return hit
-        known = list(self._entity_by_name)
-        sugg = [self.entity_names[self._entity_by_name[s]] for s in _close(key.lower(), known)]
+        sugg = [self.entity_names[i] for i in self.name_index.close(key)]
         raise UnknownNameError("entity", key, [], suggestions=sugg)
 
     def relation(self, key: str) -> int:
@@ -318,47 +320,50 @@ class Bundle:
             return hit
         raise UnknownNameError("relation", key, self.relation_ids + self.relation_names)
 
+    @cached_property
+    def name_index(self) -> NameIndex:
+        """Trigram index of the entity names and ids, weighted by training degree (model.names):
+        suggestions and search at a bounded cost per query, built once."""
+        return NameIndex(self.entity_names, self.entity_ids, self._degree)
+
     def search_entities(self, query: str, limit: int = 10) -> list[int]:
         """Entities whose name or id contains `query` (case-insensitive): exact matches first,
         then prefix matches, then substring matches, each by number of training triples."""
-        q = query.strip().lower()
-        if not q:
-            return []
-        degree = self._degree
-        scored = []
-        for i, (eid, name) in enumerate(zip(self.entity_ids, self.entity_names, strict=True)):
-            low = name.lower()
-            if low == q or eid.lower() == q:
-                tier = 0
-            elif low.startswith(q):
-                tier = 1
-            elif q in low or q in eid.lower():
-                tier = 2
-            else:
-                continue
-            scored.append((tier, -int(degree[i]), i))
-        scored.sort()
-        return [i for _, _, i in scored[:limit]]
+        return self.name_index.search(query, limit)
 
     @cached_property
     def _degree(self) -> np.ndarray:
         return np.bincount(self.triples["train"][:, [0, 2]].ravel(), minlength=len(self.entity_ids))
 
 
-def _close(name: str, known: list[str], n: int = 5) -> list[str]:
-    import difflib
-
-    return difflib.get_close_matches(name, known, n=n, cutoff=0.6)
-
-
-def _read_tsv(path: Path, min_cols: int) -> list[list[str]]:
+def _read_tsv(path: Path, min_cols: int, *, escaped: bool) -> list[list[str]]:
+    """Records of a bundle vocabulary; fields decoded when the bundle wrote them escaped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in records(text):
         cols = line.split("\t")
         if len(cols) < min_cols:
             raise BundleError(f"{path}:{lineno}: expected at least {min_cols} tab-separated columns")
-        rows.append(cols)
+        rows.append([decode_field(c) for c in cols] if escaped else cols)
     return rows
+
+
+def _member(path: Path, name: object) -> Path:
+    """The bundle file `name` as listed in a manifest: a plain relative path inside the bundle,
+    never absolute, never through `..` or a link out of the bundle."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise BundleError(f"{path / MANIFEST}: invalid file name {name!r}")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or name.startswith(("/", "\\")) or "\\" in name:
+        raise BundleError(f"{path / MANIFEST}: file name {name!r} points outside the bundle")
+    target = path / rel
+    root = path.resolve()
+    if not target.resolve().is_relative_to(root):
+        raise BundleError(f"{path / MANIFEST}: file {name!r} resolves outside the bundle ({target.resolve()})")
+    return target
 
 
 def read_manifest(path: Path) -> dict:
@@ -389,11 +394,13 @@ def read_manifest(path: Path) -> dict:
 def verify_files(path: Path, manifest: dict) -> None:
     """Check every file listed in the manifest against its sha256 (catches truncation too)."""
     files = manifest["files"]
+    if not isinstance(files, dict):
+        raise BundleError(f"{path / MANIFEST}: field 'files' must map file names to sha256 digests")
     for name in REQUIRED_FILES:
         if name not in files:
             raise BundleError(f"{path / MANIFEST}: no checksum for {name}")
     for name, digest in files.items():
-        fpath = path / name
+        fpath = _member(path, name)
         if not fpath.is_file():
             raise BundleError(f"{fpath}: missing")
         try:
@@ -428,8 +435,9 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     except RuntimeError as exc:
         raise BundleError(f"{path / WEIGHTS}: does not match model_config: {str(exc).splitlines()[0]}") from exc
     model.eval()
-    ents = _read_tsv(path / ENTITIES, 2)
-    rels = _read_tsv(path / RELATIONS, 2)
+    escaped = manifest.get("vocab_encoding") == VOCAB_ENCODING
+    ents = _read_tsv(path / ENTITIES, 2, escaped=escaped)
+    rels = _read_tsv(path / RELATIONS, 2, escaped=escaped)
     if len(ents) != cfg.num_entities or len(rels) != cfg.num_relations:
         raise BundleError(f"{path}: vocabulary sizes ({len(ents)} entities, {len(rels)} relations) do not match model_config")
     triples = {}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.data import BUILTIN_DATASETS, project_data_dir
+from model.textio import atomic_write
 from model.errors import DataError, UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -80,15 +81,6 @@ def _tsv_field(text: str) -> str:
     return re.sub(r"[\t\r\n]+", " ", text).strip()
 
 
-def _atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
     def write(tmp: Path) -> None:
         if path.suffix == ".gz":
@@ -98,7 +90,7 @@ def _write_lines(path: Path, lines: Iterable[str]) -> None:
         else:
             tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
-    _atomic_write(path, write)
+    atomic_write((path, write))
 
 
 def write_dataset(raw: RawKG, out: Path, *, gzip_threshold: int = 2_000_000) -> None:

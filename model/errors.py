@@ -7,7 +7,6 @@ catch `IMFError` and print or map it; anything else is a bug.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -58,8 +57,8 @@ class UnknownNameError(IMFError, KeyError):
 
 
 def close_matches(name: str, known: Iterable[str], n: int = 5) -> list[str]:
-    """Up to `n` entries of `known` that look like `name` (case-insensitive), best first."""
-    known = list(known)
-    lowered = {k.lower(): k for k in known}
-    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
-    return [lowered[h] for h in hits]
+    """Up to `n` entries of `known` that look like `name` (case-insensitive), best first
+    (model.names: one suggestion rule for every vocabulary)."""
+    from model.names import close_matches as _close
+
+    return _close(name, list(known), n)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from model.data import RESERVED_MODALITY_NAMES, _MODALITY_NAME, check_finite, find_file, load_dataset, open_text, read_vocab
+from model.textio import atomic_write
 from model.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -50,24 +51,6 @@ _FREEBASE_FOLDER = re.compile(r"^([mg])\.([0-9a-z_]+)$")  # image folder m.0_jm 
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-
-
-def _atomic_write(*files: tuple[Path, Callable[[Path], None]]) -> None:
-    """For each (path, writer): call `writer(tmp)` on a hidden temporary name beside `path`; once
-    every file is complete, rename them into place (in the order given).
-
-    Temporary names do not end in ``.npy``, so the loader's ``features/*.npy`` glob never sees a
-    half-written file; they are removed if a writer fails, leaving the old files untouched.
-    """
-    tmps = [(path.with_name(f".{path.name}.tmp-{os.getpid()}"), path) for path, _ in files]
-    try:
-        for (tmp, _), (_, writer) in zip(tmps, files):
-            writer(tmp)
-        for tmp, path in tmps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in tmps:
-            tmp.unlink(missing_ok=True)
 
 
 def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
@@ -133,7 +116,7 @@ def write_features(
         check_finite(target, values, ids, label=label)
     feat_dir.mkdir(parents=True, exist_ok=True)
     # Both files are complete under temporary names before either replaces its predecessor.
-    _atomic_write(
+    atomic_write(
         (feat_dir / f"{modality}.ids.txt", _save_lines(ids)),
         (target, _save_npy(np.ascontiguousarray(converted))),
     )
@@ -446,5 +429,5 @@ def build_numeric_features(dataset_dir: Path, numeric_triples: Path) -> Path:
         raise DataError(numeric_triples, f"no entity of {dataset_dir} has a numeric value")
     path = write_features(dataset_dir, "numeric", matrix, ids)
     columns = list(attributes) + [f"has:{a}" for a in attributes]
-    _atomic_write((path.with_name("numeric.columns.txt"), _save_lines(columns)))
+    atomic_write((path.with_name("numeric.columns.txt"), _save_lines(columns)))
     return path

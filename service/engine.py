@@ -130,6 +130,7 @@ class Predictor:
         else:
             log.info("loaded saved %s index for model %s", kind, bundle.fingerprint[:12])
         bundle.known  # build the known-answer index now, not on the first request  # noqa: B018
+        bundle.name_index  # and the name index (suggestions, /entities)  # noqa: B018
         seconds = time.monotonic() - t0
         log.info("ready: %d entities, branches %s, %s index, %.1fs", n, bundle.model.branches, kind, seconds)
         return cls(bundle, index, tables, candidates=candidates, load_seconds=seconds)

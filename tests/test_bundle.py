@@ -57,7 +57,12 @@ def test_names_and_ids_resolve(saved: Path) -> None:
     assert b.relation("likes") == 0
     with pytest.raises(UnknownNameError) as info:
         b.entity("Entity Q")
-    assert "Entity A" in info.value.suggestions or info.value.suggestions
+    # Every "Entity X" is equally close to "Entity Q": five of them, most-connected first.
+    assert len(info.value.suggestions) == 5 and all(x.startswith("Entity ") for x in info.value.suggestions)
+    assert b.entity_names[b.entity(info.value.suggestions[0])] == info.value.suggestions[0]
+    with pytest.raises(UnknownNameError) as info:
+        b.entity("Entity Bb")
+    assert info.value.suggestions[0] == "Entity B"
     with pytest.raises(UnknownNameError):
         b.relation("hates")
     assert b.search_entities("entity", limit=3) and b.search_entities("zzz") == []
@@ -126,6 +131,30 @@ def test_fingerprint_must_match_weights(saved: Path) -> None:
     edit_manifest(saved, lambda m: m.update(model_fingerprint="0" * 64))
     with pytest.raises(BundleError, match="model_fingerprint"):
         load_bundle(saved)
+
+
+@pytest.mark.parametrize("name", ["../outside.txt", "/etc/hostname", "sub/../../outside.txt", "..\\outside.txt", "link.txt", ""])
+def test_manifest_cannot_name_files_outside_the_bundle(saved: Path, name: str) -> None:
+    outside = saved.parent / "outside.txt"
+    outside.write_text("secret")
+    (saved / "link.txt").symlink_to(outside)
+    edit_manifest(saved, lambda m: m["files"].update({name: "0" * 64}))
+    with pytest.raises(BundleError, match="outside the bundle|invalid file name") as info:
+        load_bundle(saved)
+    assert "manifest.json" in str(info.value)
+
+
+def test_vocabulary_names_round_trip_any_character(trained, tmp_path: Path) -> None:
+    result, ds = trained
+    odd = ["tab\there", "new\nline", "cr\rhere back\\slash \\t", "ls\u2028ps\u2029", "nel\x85fs\x1c\x1d\x1e vt\x0bff\x0c", "  spaced ünï 東京 "]
+    assert len(odd) == ds.num_entities
+    ds.entity_names[:] = odd
+    ds.entity_descriptions[0] = "a\nmulti-line\tdescription\u2028"
+    out = save_bundle(tmp_path / "odd", result.model, ds, training={}, metrics={})
+    b = load_bundle(out)
+    assert b.entity_names == ds.entity_names and b.entity_descriptions == ds.entity_descriptions
+    assert b.entity("new\nline") == 1
+    assert len((out / "entities.tsv").read_text(encoding="utf-8").split("\n")) == ds.num_entities + 1
 
 
 def test_corrupt_manifest_json(saved: Path) -> None:

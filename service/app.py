@@ -207,7 +207,7 @@ def _answer(p: Predictor, q: EngineQuery, ranked: list) -> dict:
 async def _cached_predictions(state: AppState, p: Predictor, queries: list[EngineQuery]) -> list[tuple[dict, bool]]:
     """Answers for resolved queries: cache hits as they are, misses computed together (one
     batch through the engine), identical concurrent misses computed once, then cached."""
-    keys = [q.cache_key(p.bundle.fingerprint) for q in queries]
+    keys = [q.cache_key(p.bundle.fingerprint, p.retrieval) for q in queries]
     hits = await asyncio.gather(*(state.cache.get(k) for k in keys))
     results: list[tuple[dict, bool] | None] = [None] * len(queries)
     missing = []

@@ -33,7 +33,7 @@ from torch import Tensor
 from model.bundle import Bundle, load_bundle
 from model.errors import UnknownNameError
 from model.imf import IMF
-from model.predict import DIRECTIONS, exhaustive_scores, known_mask, query_relation, top_k_with_filter
+from model.predict import DIRECTIONS, query_relation, top_k_with_filter
 from service.errors import InvalidRequest, NotFound
 from service.index import EXACT, INDEX_DIR, CandidateIndex, resolve_kind
 
@@ -43,6 +43,22 @@ log = logging.getLogger(__name__)
 # scores are normalised over the retrieved candidates (the ranking among them is unchanged
 # within a branch, the branch mixture weighs them slightly differently).
 EXACT_NORMALIZER_MAX = 200_000
+# Memory for the float64 probabilities of one chunk of exhaustively scored queries (no index).
+EXHAUSTIVE_CHUNK_BYTES = 64 * 2**20
+
+
+def _bucket(depth: int) -> int:
+    """The next power of two >= depth (search depths in few distinct sizes)."""
+    return 1 << max(0, int(depth) - 1).bit_length()
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of candidate ids of unequal length as one (B, M) array padded with -1."""
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), -1, dtype=np.int64)
+    for j, r in enumerate(rows):
+        out[j, : len(r)] = r
+    return out
 
 
 @dataclass(frozen=True)
@@ -55,9 +71,11 @@ class Query:
     k: int
     filter_known: bool
 
-    def cache_key(self, fingerprint: str) -> str:
-        """Normalised: ids, not the names a client used, so equal questions share an entry."""
-        return f"imf:v1:{fingerprint[:16]}:{self.direction}:{self.entity}:{self.relation}:{self.k}:{int(self.filter_known)}"
+    def cache_key(self, fingerprint: str, retrieval: str = "exact") -> str:
+        """Normalised: ids, not the names a client used, so equal questions share an entry.
+        `retrieval` (Predictor.retrieval) names the settings the answer depends on (index
+        type, K', nprobe, refinement), so changing them never serves an answer they did not give."""
+        return f"imf:v2:{fingerprint[:16]}:{retrieval}:{self.direction}:{self.entity}:{self.relation}:{self.k}:{int(self.filter_known)}"
 
 
 @dataclass
@@ -94,6 +112,14 @@ class Predictor:
         self.num_relations = bundle.num_relations
         self.index_kind = EXACT if index is None else index.kind
 
+    @property
+    def retrieval(self) -> str:
+        """The retrieval settings an answer depends on, for cache keys: "exact", or the index
+        type with K', nprobe and the refinement factor."""
+        if self.index is None:
+            return EXACT
+        return f"{self.index.kind}-c{self.candidates}-p{self.index.nprobe}-r{self.index.refine_factor}-{self.scheme}"
+
     # ------------------------------------------------------------------ start-up
 
     @classmethod
@@ -113,14 +139,15 @@ class Predictor:
             tables = {b: t.detach().contiguous() for b, t in bundle.model.entity_tables().items()}
         n = len(bundle.entity_ids)
         kind = resolve_kind(index_kind, n)
-        xb = torch.cat([tables[b] for b in bundle.model.branches], dim=1).numpy()  # (N, nb * d)
         folder = Path(path) / INDEX_DIR
         index = None
+        width = sum(tables[b].shape[1] for b in bundle.model.branches)  # nb * d
         if kind != EXACT:
-            index = CandidateIndex.load(folder, kind, bundle.fingerprint, xb.shape[1], n, nprobe=nprobe, refine_factor=refine_factor)
+            index = CandidateIndex.load(folder, kind, bundle.fingerprint, width, n, nprobe=nprobe, refine_factor=refine_factor)
         if kind == EXACT:
             log.info("no index: every query scores all %d entities with the full model", n)
         elif index is None:
+            xb = torch.cat([tables[b] for b in bundle.model.branches], dim=1).numpy()  # (N, nb * d): only an index needs it
             index = CandidateIndex.build(xb, kind, nprobe=nprobe, refine_factor=refine_factor)
             if save_index:
                 try:
@@ -204,46 +231,60 @@ class Predictor:
         n, nb = self.num_entities, len(self.branches)
         searches = 1 if nb == 1 or self.scheme == "surrogate" else nb + 1
         share = -(-self.candidates // searches)
-        extra = max((len(kn) if q.filter_known else 0) for q, kn in zip(queries, known))
-        depth_sur = min(n, max(share, max(q.k for q in queries)) + extra)
-        if self.candidates >= n:
-            depth_sur = n  # K' covers everything: exactly exhaustive
+        if self.candidates >= n:  # K' covers everything: exactly exhaustive
+            return np.broadcast_to(np.arange(n), (len(queries), n)).copy()
+        # Each query's depths depend on that query alone (its k and its number of known
+        # answers), rounded up to a power of two so a batch needs few FAISS calls: the answer to
+        # a query is the same whatever batch it came in (and may be cached as such).
+        extra = [len(kn) if q.filter_known else 0 for q, kn in zip(queries, known)]
+        depth_sur = [min(n, _bucket(max(share, q.k) + x)) for q, x in zip(queries, extra)]
         blocks = [w[:, i:i + 1] * qv[b] for i, b in enumerate(self.branches)]
         xq = torch.cat(blocks, dim=1).numpy()  # (B, nb * d)
-        _, sur = self.index.search(xq, depth_sur)  # (B, depth_sur)
-        if searches == 1 or depth_sur == n:
-            return sur
+        sur = self._search_by_depth(xq, depth_sur)
+        if searches == 1:
+            return _pad(sur)
         d = qv[self.branches[0]].shape[1]
         b_count = len(queries)
         xq_branch = np.zeros((b_count * nb, nb * d), dtype=np.float32)
         for i, b in enumerate(self.branches):
             xq_branch[i::nb, i * d:(i + 1) * d] = qv[b].numpy()  # row j*nb + i: query j, branch i
-        _, per = self.index.search(xq_branch, min(n, share + extra))
-        per = per.reshape(b_count, -1)  # (B, nb * depth)
-        rows = [np.unique(np.concatenate([sur[j], per[j]])) for j in range(b_count)]
-        rows = [r[r >= 0] for r in rows]
-        width = max(len(r) for r in rows)
-        out = np.full((b_count, width), -1, dtype=np.int64)
-        for j, r in enumerate(rows):
-            out[j, : len(r)] = r
+        depth_branch = [min(n, _bucket(share + x)) for x in extra for _ in range(nb)]
+        per = self._search_by_depth(xq_branch, depth_branch)
+        rows = []
+        for j in range(b_count):
+            r = np.unique(np.concatenate([sur[j], *per[j * nb:(j + 1) * nb]]))
+            rows.append(r[r >= 0])
+        return _pad(rows)
+
+    def _search_by_depth(self, xq: np.ndarray, depths: list[int]) -> list[np.ndarray]:
+        """Search each row of xq to its own depth: one FAISS call per distinct depth."""
+        assert self.index is not None
+        out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(depths)
+        by_depth: dict[int, list[int]] = {}
+        for i, dep in enumerate(depths):
+            by_depth.setdefault(dep, []).append(i)
+        for dep, rows in by_depth.items():
+            _, ids = self.index.search(xq[rows], dep)
+            for j, i in enumerate(rows):
+                out[i] = ids[j]
         return out
 
     @torch.no_grad()
     def predict_many(self, queries: list[Query]) -> list[list[Ranked]]:
-        """Retrieve-then-rescore for a batch of queries, scored together."""
+        """Retrieve-then-rescore for a batch of queries, scored together (exhaustively, in
+        bounded chunks, when there is no index)."""
         if not queries:
             return []
         rels = [self._rel(q) for q in queries]
         qv, w = self._queries([q.entity for q in queries], rels)
         known = [self._known_rows(q) for q in queries]
-        if self.index is None:  # exact: every entity is a candidate
-            ids = np.broadcast_to(np.arange(self.num_entities), (len(queries), self.num_entities))
-        else:
-            ids = self.candidates_for(queries, qv, w, known)  # (B, M), -1 padded
+        if self.index is None:
+            return self._exhaustive(queries, qv, w, known)
+        ids = self.candidates_for(queries, qv, w, known)  # (B, M), -1 padded
         valid = ids >= 0
-        cand = None if self.index is None else torch.from_numpy(np.where(valid, ids, 0))
+        cand = torch.from_numpy(np.where(valid, ids, 0))
         log_norm = None
-        if cand is not None and self.model.cfg.output == "softmax" and self.num_entities <= EXACT_NORMALIZER_MAX:
+        if self.model.cfg.output == "softmax" and self.num_entities <= EXACT_NORMALIZER_MAX:
             # Softmax branches need each branch's normaliser over all N entities. Up to
             # EXACT_NORMALIZER_MAX entities it is computed exactly (the cost of one exhaustive
             # scoring pass, in chunks); above, the candidates' own sum stands in for it.
@@ -258,15 +299,47 @@ class Predictor:
             out.append([Ranked(int(ci[t.entity]), t.score, t.rank, t.known) for t in top])
         return out
 
+    def _exhaustive(self, queries: list[Query], qv: dict[str, Tensor], w: Tensor, known: list[np.ndarray]) -> list[list[Ranked]]:
+        """Score every entity for each query, a few queries at a time: the float64 (rows, N)
+        probabilities of every branch exist for one chunk only, so a request's peak extra
+        memory stays near EXHAUSTIVE_CHUNK_BYTES whatever its batch size."""
+        n, nb = self.num_entities, len(self.branches)
+        rows = max(1, EXHAUSTIVE_CHUNK_BYTES // (8 * n * (nb + 2)))  # nb branch terms + the sum + logits
+        out: list[list[Ranked]] = []
+        for start in range(0, len(queries), rows):
+            sl = slice(start, start + rows)
+            _, p = self.model.rescore({b: v[sl] for b, v in qv.items()}, w[sl], self.tables, None)  # (rows, N)
+            p = p.numpy()
+            for i, q in enumerate(queries[sl]):
+                mask = np.zeros(n, dtype=bool)
+                mask[known[start + i]] = True
+                top = top_k_with_filter(p[i], mask, q.k, filter_known=q.filter_known)
+                out.append([Ranked(t.entity, t.score, t.rank, t.known) for t in top])
+        return out
+
     def predict(self, q: Query) -> list[Ranked]:
         return self.predict_many([q])[0]
 
     @torch.no_grad()
     def predict_exhaustive(self, q: Query) -> list[Ranked]:
-        """Score every entity with the full model (the slow, exact baseline)."""
-        scores = exhaustive_scores(self.model, q.entity, self._rel(q), self.tables)
-        mask = known_mask(self.bundle.known, q.entity, self._rel(q), self.num_entities)
-        return [Ranked(t.entity, t.score, t.rank, t.known) for t in top_k_with_filter(scores, mask, q.k, filter_known=q.filter_known)]
+        """Score every entity with the full model (the slow, exact baseline), index or not."""
+        qv, w = self._queries([q.entity], [self._rel(q)])
+        return self._exhaustive([q], qv, w, [self._known_rows(q)])[0]
+
+    @torch.no_grad()
+    def _rank_of(self, q: Query, entity: int) -> Ranked:
+        """Where `entity` stands in q's answer over all entities: 1 + the number of entities
+        that /predict would list before it (known answers other than it left out when
+        q.filter_known; ties broken by entity id, as top_k_with_filter does)."""
+        qv, w = self._queries([q.entity], [self._rel(q)])
+        _, p = self.model.rescore(qv, w, self.tables, None)
+        p = p[0].numpy()
+        known = np.zeros(self.num_entities, dtype=bool)
+        known[self._known_rows(q)] = True
+        ahead = (p > p[entity]) | ((p == p[entity]) & (np.arange(self.num_entities) < entity))
+        if q.filter_known:
+            ahead &= ~known
+        return Ranked(entity, float(p[entity]), 1 + int(ahead.sum()), bool(known[entity]))
 
     @torch.no_grad()
     def explain(self, q: Query, tail: int | None = None) -> tuple[dict[str, float], list[Explained]]:
@@ -274,14 +347,14 @@ class Predictor:
         contribution (w_b * probability; they sum to the candidate's score) and rank (the
         candidate's raw rank among all entities by that branch's own score).
 
-        Candidates: the /predict answer for q, or only `tail` when given.
+        Candidates: the /predict answer for q, or only `tail` when given (with its rank in the
+        exhaustive answer to q, see `_rank_of`).
         """
         rel = self._rel(q)
         if tail is None:
             ranked = self.predict(q)
         else:
-            known = set(self._known_rows(q).tolist())
-            ranked = [Ranked(tail, 0.0, 0, tail in known)]
+            ranked = [self._rank_of(q, tail)]
         cand = torch.tensor([[c.entity for c in ranked]], dtype=torch.long)
         qv, w = self._queries([q.entity], [rel])
         weights = {b: float(w[0, i]) for i, b in enumerate(self.branches)}
@@ -301,5 +374,5 @@ class Predictor:
                 branches[b] = {"probability": prob, "contribution": contrib, "rank": rank}
             # The score reported is the sum of the contributions (equal to /predict's score up
             # to float rounding), so clients can check the decomposition exactly.
-            out.append(Explained(c.entity, total, c.rank if tail is None else 1, c.known, branches))
+            out.append(Explained(c.entity, total, c.rank, c.known, branches))
         return weights, out

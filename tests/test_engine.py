@@ -95,16 +95,53 @@ def test_filtering_never_returns_fewer_than_k(predictor: Predictor) -> None:
     assert len(everything) == predictor.num_entities - n_known  # every candidate that remains
 
 
-def test_predict_many_equals_one_by_one(predictor: Predictor) -> None:
-    # At full depth both are exact; at the default depth a batch searches as deep as its
-    # deepest query needs, so it may legitimately find more than a lone query.
-    full = Predictor(predictor.bundle, predictor.index, predictor.tables, candidates=predictor.num_entities, load_seconds=0)
-    qs = queries(full, 10, 5)
-    together = full.predict_many(qs)
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+def test_predict_many_equals_one_by_one_at_the_default_depth(predictor: Predictor, kind: str) -> None:
+    # A query's answer must not depend on the batch it came in (it is cached as its own): each
+    # query searches to its own depth, whatever the others in its batch need. K'=50 < N here,
+    # so retrieval is really used; queries mix directions, filters, k and hub entities.
+    index = predictor.index if kind == "flat" else CandidateIndex.build(torch.cat([predictor.tables[b] for b in predictor.branches], 1).numpy(), kind, nprobe=4)
+    p = Predictor(predictor.bundle, index, predictor.tables, candidates=50, load_seconds=0)
+    assert p.candidates < p.num_entities
+    qs = queries(p, 24, 5)
+    hub = int(np.bincount(p.bundle.triples["train"][:, 0]).argmax())
+    qs += [Query(hub, int(p.bundle.triples["train"][p.bundle.triples["train"][:, 0] == hub][0, 1]), "tail", k, f) for k in (1, 40) for f in (True, False)]
+    qs = [Query(q.entity, q.relation, q.direction, k=[1, 5, 10, 37][i % 4] if q.k == 10 else q.k, filter_known=q.filter_known) for i, q in enumerate(qs)]
+    together = p.predict_many(qs)
     for q, batch_answer in zip(qs, together):
-        single = full.predict(q)
-        assert [(r.entity, r.rank, r.known) for r in single] == [(r.entity, r.rank, r.known) for r in batch_answer]
-        assert [r.score for r in single] == pytest.approx([r.score for r in batch_answer], rel=1e-4)
+        single = p.predict(q)
+        assert [(r.entity, r.rank, r.known) for r in single] == [(r.entity, r.rank, r.known) for r in batch_answer], q
+        assert [r.score for r in single] == pytest.approx([r.score for r in batch_answer], rel=1e-4)  # float32 matmuls of other shapes
+    # and in another order and split, still the same
+    again = p.predict_many(qs[::-1][:7])
+    assert [[r.entity for r in a] for a in again] == [[r.entity for r in a] for a in together[::-1][:7]]
+
+
+def test_cache_key_names_the_retrieval_settings(predictor: Predictor) -> None:
+    q = queries(predictor, 1, 0)[0]
+    exact = Predictor(predictor.bundle, None, predictor.tables, candidates=50, load_seconds=0)
+    deeper = Predictor(predictor.bundle, predictor.index, predictor.tables, candidates=100, load_seconds=0)
+    keys = {q.cache_key("f" * 64, p.retrieval) for p in (predictor, exact, deeper)}
+    assert len(keys) == 3
+    before = predictor.retrieval
+    ivf = CandidateIndex.build(torch.cat([predictor.tables[b] for b in predictor.branches], 1).numpy(), "ivf", nprobe=4)
+    p = Predictor(predictor.bundle, ivf, predictor.tables, candidates=50, load_seconds=0)
+    r1 = p.retrieval
+    ivf.nprobe = 8
+    assert p.retrieval != r1 and before != r1
+
+
+def test_exhaustive_scoring_in_chunks_equals_one_pass(predictor: Predictor, monkeypatch) -> None:
+    import service.engine as engine
+
+    exact = Predictor(predictor.bundle, None, predictor.tables, candidates=50, load_seconds=0)
+    qs = queries(exact, 9, 4)
+    whole = exact.predict_many(qs)
+    monkeypatch.setattr(engine, "EXHAUSTIVE_CHUNK_BYTES", 1)  # one query per chunk
+    chunked = exact.predict_many(qs)
+    assert [[(r.entity, r.rank, r.known) for r in a] for a in whole] == [[(r.entity, r.rank, r.known) for r in a] for a in chunked]
+    for q, got in zip(qs, whole):
+        assert [r.entity for r in got] == [e for e, _, _ in exhaustive_reference(exact, q)]
 
 
 def test_default_depth_recall_is_high_on_the_slice(predictor: Predictor) -> None:
@@ -133,11 +170,17 @@ def test_explain_decomposes_the_score(predictor: Predictor) -> None:
             assert part["contribution"] == pytest.approx(weights[b] * part["probability"], rel=1e-12)
             s = logits[b][0]
             assert part["rank"] == 1 + int((s > s[e.entity]).sum())
-    # one given tail only
+    # one given tail only: its real rank in the answer, not 1
     tail = predicted[3].entity
     _, only = predictor.explain(q, tail)
     assert [e.entity for e in only] == [tail]
     assert only[0].score == pytest.approx(predicted[3].score, rel=1e-4)
+    assert only[0].rank == predicted[3].rank == 4
+    deep = Query(q.entity, q.relation, q.direction, k=predictor.num_entities, filter_known=q.filter_known)
+    full = predictor.predict_exhaustive(deep)
+    for r in (full[0], full[57], full[-1]):
+        _, got = predictor.explain(q, r.entity)
+        assert got[0].rank == r.rank and got[0].known == r.known
 
 
 def test_resolution_by_id_and_name_and_errors(predictor: Predictor) -> None:
@@ -145,7 +188,7 @@ def test_resolution_by_id_and_name_and_errors(predictor: Predictor) -> None:
     e = 5
     q1 = predictor.resolve(b.entity_ids[e], b.relation_ids[0], direction="tail", k=3, filter_known=True)
     q2 = predictor.resolve(b.entity_names[e].upper(), b.relation_names[0], direction="tail", k=3, filter_known=True)
-    assert q1 == q2 and q1.cache_key("f" * 64) == q2.cache_key("f" * 64)
+    assert q1 == q2 and q1.cache_key("f" * 64, predictor.retrieval) == q2.cache_key("f" * 64, predictor.retrieval)
     with pytest.raises(NotFound) as info:
         predictor.resolve(b.entity_names[e] + "x", b.relation_ids[0], direction="tail", k=3, filter_known=True)
     assert info.value.field == "head" and b.entity_names[e] in info.value.suggestions

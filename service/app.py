@@ -33,7 +33,7 @@ from model import __version__
 from service.cache import Cache, MemoryCache, RedisCache, SingleFlight, redacted
 from service.engine import Predictor
 from service.engine import Query as EngineQuery
-from service.errors import InvalidRequest, NotReady, ServiceError, Unauthorized
+from service.errors import InvalidRequest, NotReady, Overloaded, ServiceError, Unauthorized
 from service.metrics import Metrics
 from service.schemas import (
     BatchRequest,
@@ -73,10 +73,47 @@ class AppState:
     predictor: Predictor | None = None
     load_error: str | None = None
     started_at: float = field(default_factory=time.monotonic)
+    pending: int = 0  # model jobs running or waiting for a worker
+    background: set[asyncio.Task] = field(default_factory=set)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run model / FAISS work off the event loop, at most IMF_WORKERS at a time."""
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        """Run model / FAISS work off the event loop, at most IMF_WORKERS at a time.
+
+        Admission control: with IMF_MAX_PENDING jobs already running or queued the request is
+        refused at once (503, Retry-After), and a request whose job has not finished within
+        IMF_REQUEST_TIMEOUT_S gets 503 too (its job is cancelled if it never started; one that
+        is running finishes in its thread and still counts as pending until then). So under
+        overload the queue, and the latency of what is admitted, stay bounded.
+        """
+        if self.pending >= self.settings.max_pending:
+            self.metrics.shed.labels("queue_full").inc()
+            raise Overloaded(f"server busy: {self.pending} requests in progress; retry shortly")
+        self.pending += 1
+        self.metrics.pending.set(self.pending)
+
+        async def job() -> Any:
+            try:
+                return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+            finally:
+                self.pending -= 1
+                self.metrics.pending.set(self.pending)
+
+        task = asyncio.ensure_future(job())
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_s)
+        except TimeoutError:
+            task.cancel()
+            self.metrics.shed.labels("timeout").inc()
+            raise Overloaded(f"server busy: the request did not finish within {self.settings.request_timeout_s:g}s; retry shortly") from None
+        except asyncio.CancelledError:
+            task.cancel()  # the client went away: a job still waiting for a worker is dropped
+            raise
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run `coro` after the response (cache writes), keeping a reference until done."""
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 def get_state(request: Request) -> AppState:
@@ -88,8 +125,8 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 def get_predictor(state: StateDep) -> Predictor:
     if state.predictor is None:
-        reason = f"model failed to load: {state.load_error}" if state.load_error else "model is loading"
-        raise NotReady(reason)
+        # Terse on purpose: the exception text (paths, internals) goes to the log only.
+        raise NotReady("model failed to load; see the server log" if state.load_error else "model is loading")
     return state.predictor
 
 
@@ -119,7 +156,9 @@ def error_body(kind: str, message: str, **extra: Any) -> dict:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
         return JSONResponse(error_body(exc.code, exc.message, field=exc.field, suggestions=exc.suggestions), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -208,7 +247,7 @@ async def _cached_predictions(state: AppState, p: Predictor, queries: list[Engin
     """Answers for resolved queries: cache hits as they are, misses computed together (one
     batch through the engine), identical concurrent misses computed once, then cached."""
     keys = [q.cache_key(p.bundle.fingerprint, p.retrieval) for q in queries]
-    hits = await asyncio.gather(*(state.cache.get(k) for k in keys))
+    hits = await state.cache.get_many(keys)  # one round trip (MGET) for a batch
     results: list[tuple[dict, bool] | None] = [None] * len(queries)
     missing = []
     for i, raw in enumerate(hits):
@@ -226,7 +265,8 @@ async def _cached_predictions(state: AppState, p: Predictor, queries: list[Engin
         async def compute() -> list[dict]:
             ranked = await state.run(p.predict_many, [queries[i] for i in missing])
             answers = [_answer(p, queries[i], r) for i, r in zip(missing, ranked)]
-            await asyncio.gather(*(state.cache.set(keys[i], json.dumps(a).encode(), state.settings.cache_ttl_s) for i, a in zip(missing, answers)))
+            # Written after the response, off its path: a slow cache never delays an answer.
+            state.spawn(state.cache.set_many([(keys[i], json.dumps(a).encode()) for i, a in zip(missing, answers)], state.settings.cache_ttl_s))
             return answers
 
         flight_key = "|".join(keys[i] for i in missing)
@@ -317,14 +357,15 @@ def build_ops_router() -> APIRouter:
     async def ready(state: StateDep) -> JSONResponse:
         cache = await state.cache.status()
         state.metrics.cache_up.set(1 if cache.get("ok") else 0)
+        # Open to anyone, so terse: no paths, no exception text (the server log has them).
         body = {
             "ready": state.predictor is not None,
             "model": state.predictor.bundle.fingerprint if state.predictor else None,
-            "cache": cache,
+            "cache": {k: v for k, v in cache.items() if k in ("backend", "ok", "circuit")},
         }
         if state.predictor is None:
-            body["error"] = state.load_error or "model is loading"
-            return JSONResponse(body, status_code=503)
+            body["error"] = "model failed to load; see the server log" if state.load_error else "model is loading"
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
         return JSONResponse(body)
 
     return ops
@@ -344,8 +385,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
             cache: Cache = RedisCache(settings.redis_url, timeout_s=settings.redis_timeout_s, on_error=metrics.cache_errors.inc)
             log.info("cache: redis at %s", redacted(settings.redis_url))
         else:
-            cache = MemoryCache(settings.cache_size)
-            log.info("cache: in-process LRU (%d entries); set IMF_REDIS_URL for Redis", settings.cache_size)
+            cache = MemoryCache(settings.cache_size, settings.cache_bytes)
+            log.info("cache: in-process LRU (%d entries, %d MiB); set IMF_REDIS_URL for Redis", settings.cache_size, settings.cache_bytes >> 20)
         state = AppState(settings=settings, metrics=metrics, cache=cache, limiter=anyio.CapacityLimiter(settings.workers))
         app.state.imf = state
 
@@ -364,6 +405,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
         finally:
             if not task.done():
                 task.cancel()
+            if state.background:  # cache writes still in flight: give them a moment
+                await asyncio.wait(list(state.background), timeout=2)
             await cache.close()
 
     app = FastAPI(

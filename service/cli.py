@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +54,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise IMFError(f"{settings.bundle}: no such bundle ({hint})")
     verify_files(settings.bundle, read_manifest(settings.bundle))  # fail here, not inside the server
     logging.getLogger().setLevel(settings.log_level.upper())
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    # SIGTERM / SIGINT: uvicorn stops accepting connections, lets in-flight requests finish for
+    # up to IMF_SHUTDOWN_TIMEOUT_S, then exits.
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+        timeout_graceful_shutdown=int(math.ceil(settings.shutdown_timeout_s)),
+    )
     return 0
 
 

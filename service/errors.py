@@ -4,6 +4,7 @@
       NotFound        404  unknown entity or relation (carries close-name suggestions)
       InvalidRequest  422  a parameter out of range, a field naming the wrong thing
       NotReady        503  the model or index is still loading, or failed to load
+      Overloaded      503  too much queued work, or a request waited past its time limit
       Unauthorized    401  missing or wrong API key
 
 The engine raises these (or `model.errors.UnknownNameError`, which becomes NotFound) and never
@@ -16,6 +17,8 @@ from __future__ import annotations
 class ServiceError(Exception):
     status = 500
     code = "internal_error"
+
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, message: str, *, field: str | None = None, suggestions: list[str] | None = None) -> None:
         super().__init__(message)
@@ -37,6 +40,13 @@ class InvalidRequest(ServiceError):
 class NotReady(ServiceError):
     status = 503
     code = "not_ready"
+    retry_after = 5
+
+
+class Overloaded(ServiceError):
+    status = 503
+    code = "overloaded"
+    retry_after = 1
 
 
 class Unauthorized(ServiceError):

@@ -14,7 +14,9 @@ the cost of the approximation is measured as candidate recall (bench/serve_bench
 Index types: "flat" (exact inner-product search), "ivf" (IVF-Flat), "ivfpq" (IVF-PQ codes
 re-ranked exactly by IndexRefineFlat, for millions), "hnsw"; and "exact", no index at all, which
 `auto` picks for small graphs (see `resolve_kind`). A built index is saved beside the bundle with
-the model fingerprint it was built from, and only reused when the fingerprint matches.
+the model fingerprint it was built from and the sha256 of the index file, and only reused when
+the fingerprint matches and the file passes its checksum (a tampered or truncated index is
+refused before FAISS parses it, and rebuilt).
 
 Inner product to L2. The clustering (IVF) and graph (HNSW) indexes search badly with the
 inner-product metric on vectors of unequal norms: a cell's centroid is a poor proxy for the inner
@@ -43,6 +45,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from model.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +205,7 @@ class CandidateIndex:
         meta_tmp = folder / f".{self.kind}.json.tmp-{os.getpid()}"
         meta = {
             "model_fingerprint": fingerprint,
+            "sha256": sha256_file(tmp),  # checked before faiss.read_index ever sees the file
             "kind": self.kind,
             "factory": factory_string(self.kind, self.ntotal, int(self.index.d)),
             "ntotal": self.ntotal,
@@ -227,6 +232,19 @@ class CandidateIndex:
         same = same and meta.get("factory") == factory_string(kind, ntotal, dim) and isinstance(meta.get("max_norm_sq"), (int, float))
         if not same:
             log.info("saved %s index belongs to another model or an older format; rebuilding", kind)
+            return None
+        digest = meta.get("sha256")
+        if not isinstance(digest, str):
+            log.info("saved %s index has no checksum (older format); rebuilding", kind)
+            return None
+        try:
+            actual = sha256_file(index_path)
+        except OSError as exc:
+            log.warning("cannot read %s (%s); rebuilding the index", index_path, exc)
+            return None
+        if actual != digest:
+            # Never hand an unverified file to faiss.read_index (a C++ parser).
+            log.warning("%s: checksum mismatch (tampered or truncated); refusing it and rebuilding the index", index_path)
             return None
         try:
             index = faiss.read_index(str(index_path))

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="when set, required as X-API-Key or Bearer token (IMF_API_KEY)")
     cache_ttl_s: int = Field(3600, ge=1, description="lifetime of a cached answer, seconds (IMF_CACHE_TTL_S)")
     cache_size: int = Field(50_000, ge=1, description="entries of the in-process LRU cache (IMF_CACHE_SIZE)")
+    cache_bytes: int = Field(256 * 2**20, ge=1024, description="bytes (keys + answers) of the in-process LRU cache (IMF_CACHE_BYTES)")
     candidates: int = Field(200, ge=1, le=100_000, description="K': candidates retrieved by FAISS, then rescored exactly (IMF_CANDIDATES)")
     max_k: int = Field(100, ge=1, le=10_000, description="largest k a request may ask for (IMF_MAX_K)")
     max_batch: int = Field(64, ge=1, le=10_000, description="most queries in one /predict/batch request (IMF_MAX_BATCH)")
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, le=256, description="intra-op threads per request (IMF_TORCH_THREADS)")
     faiss_threads: int = Field(1, ge=1, le=256, description="OpenMP threads of FAISS (IMF_FAISS_THREADS)")
     workers: int = Field(2, ge=1, le=256, description="requests computed at once, off the event loop (IMF_WORKERS)")
+    max_pending: int = Field(32, ge=1, le=100_000, description="model jobs running or queued at once; more get 503 + Retry-After at once (IMF_MAX_PENDING)")
+    request_timeout_s: float = Field(10.0, gt=0, le=600, description="longest a request waits for its model job; then 503 + Retry-After (IMF_REQUEST_TIMEOUT_S)")
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=600, description="on SIGTERM: in-flight requests get this long to finish (IMF_SHUTDOWN_TIMEOUT_S)")
     save_index: bool = Field(True, description="write a built index into the bundle when writable (IMF_SAVE_INDEX)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="IMF_LOG_LEVEL")
 
@@ -46,6 +50,14 @@ class Settings(BaseSettings):
             return None
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        # An empty key would match an empty X-API-Key header: refuse it rather than guess.
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("must not be empty or blank; unset IMF_API_KEY to serve without a key")
         return v
 
     @model_validator(mode="after")

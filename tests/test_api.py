@@ -112,7 +112,14 @@ def test_entities_lookup(client: TestClient, names: dict) -> None:
     r = client.get("/entities", params={"q": word, "limit": 5})
     assert r.status_code == 200
     hits = r.json()["entities"]
-    assert 1 <= len(hits) <= 5 and any(h["entity"] == names["head_id"] or word.lower() in h["name"].lower() for h in hits)
+    assert 1 <= len(hits) <= 5 and all(word.lower() in (h["name"] + h["entity"]).lower() for h in hits)
+    # The tiers: the exact name first, then names starting with the query, then containing it.
+    full = client.get("/entities", params={"q": names["head"], "limit": 50}).json()["entities"]
+    assert full[0]["name"].lower() == names["head"].lower()
+    prefix = client.get("/entities", params={"q": names["head"][:3], "limit": 100}).json()["entities"]
+    tiers = [0 if h["name"].lower() == names["head"][:3].lower() else 1 if h["name"].lower().startswith(names["head"][:3].lower()) else 2 for h in prefix]
+    assert tiers == sorted(tiers) and 1 in tiers
+    assert all(names["head"][:3].lower() in (h["name"] + h["entity"]).lower() for h in prefix)
     assert client.get("/entities", params={"q": "zzzzqqq"}).json() == {"entities": []}
     assert client.get("/entities").status_code == 422
 
@@ -240,8 +247,74 @@ def test_failed_load_is_reported_not_crashed(settings: Settings, tmp_path: Path)
         while time.monotonic() < deadline and "failed" not in c.get("/ready").json().get("error", ""):
             time.sleep(0.05)
         r = c.get("/ready")
-        assert r.status_code == 503 and "no such bundle" in r.json()["error"]
-        assert c.post("/predict", json={"head": "a", "relation": "b"}).status_code == 503
+        # /ready is open to anyone: it says that loading failed, not where or why (the log does)
+        assert r.status_code == 503 and r.json()["error"] == "model failed to load; see the server log"
+        assert str(tmp_path) not in r.text and "BundleError" not in r.text and r.headers["retry-after"] == "5"
+        p = c.post("/predict", json={"head": "a", "relation": "b"})
+        assert p.status_code == 503 and str(tmp_path) not in p.text and p.json()["error"]["type"] == "not_ready"
+
+
+def test_empty_api_key_is_refused_at_start(monkeypatch) -> None:
+    for blank in ("", "   "):
+        with pytest.raises(ValueError, match="must not be empty"):
+            Settings(api_key=blank)
+        monkeypatch.setenv("IMF_API_KEY", blank)
+        with pytest.raises(ValueError, match="api_key"):
+            Settings()
+
+
+def slow_predictor_app(settings: Settings, delay_s: float, **changes):
+    """The real app and engine with every model job made `delay_s` slower (a unit test of
+    admission control: the delay stands in for a saturated CPU)."""
+
+    def loader(s: Settings):
+        p = default_loader(s)
+        real = p.predict_many
+
+        def slow(queries):
+            time.sleep(delay_s)
+            return real(queries)
+
+        p.predict_many = slow  # type: ignore[method-assign]
+        return p
+
+    return create_app(with_(settings, **changes), loader=loader)
+
+
+def test_overload_is_shed_with_503_json_and_retry_after(settings: Settings, names: dict) -> None:
+    app = slow_predictor_app(settings, 0.4, workers=1, max_pending=2, request_timeout_s=30)
+    with TestClient(app) as c:
+        wait_ready(c)
+        results: list = []
+
+        def call(i: int) -> None:
+            body = {"head": names["head"], "relation": names["relation"], "k": 1 + i}  # distinct: no cache, no sharing
+            results.append(c.post("/predict", json=body))
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        codes = sorted(r.status_code for r in results)
+        assert len(results) == 8 and set(codes) == {200, 503}, codes
+        for r in results:
+            if r.status_code == 503:
+                assert r.json()["error"]["type"] == "overloaded" and r.headers["retry-after"] == "1"
+        assert codes.count(200) >= 2  # what was admitted was answered
+        assert "imf_shed_total{reason=\"queue_full\"}" in c.get("/metrics").text
+        # and the server recovers at once
+        assert c.post("/predict", json={"head": names["head"], "relation": names["relation"], "k": 20}).status_code == 200
+
+
+def test_a_request_waiting_too_long_gets_503(settings: Settings, names: dict) -> None:
+    app = slow_predictor_app(settings, 1.5, request_timeout_s=0.3)
+    with TestClient(app) as c:
+        wait_ready(c)
+        r = c.post("/predict", json={"head": names["head"], "relation": names["relation"], "k": 3})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "overloaded" and "0.3s" in r.json()["error"]["message"]
+        time.sleep(1.5)  # the job finishes in its thread; pending drains back to zero
+        assert c.app.state.imf.pending == 0
 
 
 def test_settings_fail_fast() -> None:

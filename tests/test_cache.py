@@ -66,6 +66,70 @@ def test_single_flight_computes_once() -> None:
     asyncio.run(scenario())
 
 
+def test_memory_cache_is_bounded_in_bytes() -> None:
+    cache = MemoryCache(1000, max_bytes=1000)
+
+    async def scenario() -> None:
+        for i in range(20):
+            await cache.set(f"k{i}", b"x" * 100, 10)
+        st = await cache.status()
+        assert st["bytes"] <= 1000 and 1 <= st["entries"] < 20
+        assert await cache.get("k19") is not None and await cache.get("k0") is None  # oldest went first
+        await cache.set("huge", b"x" * 5000, 10)  # larger than the cache: not stored, nothing evicted for it
+        assert await cache.get("huge") is None and await cache.get("k19") is not None
+        await cache.set("k19", b"y", 10)  # replacing an entry frees its old size
+        assert (await cache.status())["bytes"] <= 1000 and await cache.get("k19") == b"y"
+        assert await cache.get_many(["k19", "nope"]) == [b"y", None]
+
+    asyncio.run(scenario())
+
+
+def test_single_flight_survives_a_cancelled_leader() -> None:
+    async def scenario() -> None:
+        flight = SingleFlight()
+        started = asyncio.Event()
+
+        async def work() -> int:
+            started.set()
+            await asyncio.sleep(0.1)
+            return 7
+
+        leader = asyncio.ensure_future(flight.run("k", work))
+        await started.wait()
+        waiters = [asyncio.ensure_future(flight.run("k", work)) for _ in range(3)]
+        await asyncio.sleep(0)
+        leader.cancel()
+        results = await asyncio.gather(*waiters)
+        assert results == [(7, True)] * 3
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        assert len(flight) == 0
+
+    asyncio.run(scenario())
+
+
+def test_circuit_breaker_opens_half_opens_and_closes() -> None:
+    from service.cache import CircuitBreaker
+
+    now = [0.0]
+    b = CircuitBreaker(threshold=2, cooldown_s=1.0, max_cooldown_s=4.0, clock=lambda: now[0])
+    assert b.allow() and b.state == "closed"
+    b.failed()
+    assert b.state == "closed" and b.allow()
+    b.failed()
+    assert b.state == "open" and not b.allow()
+    now[0] = 1.5
+    assert b.state == "half-open" and b.allow() and not b.allow()  # one trial call at a time
+    b.failed()  # trial failed: open for twice as long
+    assert b.state == "open" and b.cooldown_s == 2.0
+    now[0] = 3.4
+    assert b.state == "open"
+    now[0] = 3.6
+    assert b.allow()
+    b.succeeded()
+    assert b.state == "closed" and b.cooldown_s == 1.0 and b.allow()
+
+
 def test_redacted() -> None:
     assert redacted("redis://:pw@host:6379/0") == "redis://***@host:6379/0"
     assert redacted("redis://host:6379") == "redis://host:6379"
@@ -160,11 +224,38 @@ def test_redis_down_degrades_to_misses(redis_server: RedisServer) -> None:
         assert await cache.get("k") is None
         await cache.set("k", b"v", 10)  # no exception
         status = await cache.status()
-        assert status["ok"] is False and "error" in status
+        assert status["ok"] is False and set(status) <= {"backend", "ok", "circuit"}  # terse: /ready shows it
         await cache.close()
 
     asyncio.run(scenario())
     assert len(errors) == 2
+
+
+@pytest.mark.redis
+def test_blackholed_redis_is_skipped_by_the_circuit_breaker() -> None:
+    # A host that accepts connections and never answers: every call would cost its timeout.
+    # After `threshold` failures the breaker skips Redis; the calls in between cost nothing.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # never accept(): connects succeed (backlog), reads time out
+    errors = []
+    try:
+        async def scenario() -> None:
+            from service.cache import CircuitBreaker
+
+            cache = RedisCache(f"redis://127.0.0.1:{hole.getsockname()[1]}/0", timeout_s=0.2, on_error=lambda: errors.append(1),
+                               breaker=CircuitBreaker(threshold=3, cooldown_s=60))
+            for _ in range(20):
+                assert await cache.get_many(["a", "b"]) == [None, None]
+                await cache.set_many([("a", b"1")], 10)
+            assert cache.breaker.state == "open" and cache.skipped == 40 - 3
+            assert (await cache.status()) == {"backend": "redis", "ok": False, "circuit": "open"}
+            await cache.close()
+
+        asyncio.run(scenario())
+    finally:
+        hole.close()
+    assert len(errors) == 3
 
 
 @pytest.mark.redis
@@ -177,7 +268,7 @@ def test_service_with_real_redis_and_redis_failing_mid_run(slice_bundle: Path, r
     req = {"head": b.entity_ids[h], "relation": b.relation_ids[r], "k": 5}
     with TestClient(create_app(settings)) as c:
         ready = wait_ready(c)
-        assert ready["cache"] == {"backend": "redis", "ok": True}
+        assert ready["cache"] == {"backend": "redis", "ok": True, "circuit": "closed"}
         first = c.post("/predict", json=req).json()
         second = c.post("/predict", json=req).json()
         assert first["cached"] is False and second["cached"] is True

@@ -217,16 +217,41 @@ def test_index_is_saved_with_fingerprint_and_reused(slice_bundle: Path, tmp_path
     assert json.loads((copy / INDEX_DIR / "flat.json").read_text())["model_fingerprint"] == p1.bundle.fingerprint
 
 
-def test_read_only_bundle_still_serves(slice_bundle: Path, tmp_path: Path) -> None:
+def test_unwritable_bundle_still_serves(slice_bundle: Path, tmp_path: Path, caplog) -> None:
+    # Tests run as root, for whom chmod 0o555 stops nothing: make the index folder impossible
+    # to create instead (a file stands where it would go), as a read-only mount would.
     copy = tmp_path / "ro"
     shutil.copytree(slice_bundle, copy)
     shutil.rmtree(copy / INDEX_DIR, ignore_errors=True)
-    copy.chmod(0o555)
-    try:
+    (copy / INDEX_DIR).write_text("not a folder")
+    with caplog.at_level("INFO", logger="service.engine"):
         p = Predictor.load(copy, index_kind="flat")
-        assert len(p.predict(queries(p, 1, 0)[0])) == 10
-    finally:
-        copy.chmod(0o755)
+    assert len(p.predict(queries(p, 1, 0)[0])) == 10
+    assert "index not saved" in caplog.text and (copy / INDEX_DIR).read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_tampered_index_is_refused_and_rebuilt(slice_bundle: Path, tmp_path: Path, caplog, damage: str) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(slice_bundle, copy)
+    p1 = Predictor.load(copy, index_kind="flat")
+    path = copy / INDEX_DIR / "flat.faiss"
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) // 3]
+    path.write_bytes(bytes(data))
+    assert CandidateIndex.load(copy / INDEX_DIR, "flat", p1.bundle.fingerprint, p1.index.index.d, p1.num_entities) is None
+    assert "checksum mismatch" in caplog.text and str(path) in caplog.text
+    p2 = Predictor.load(copy, index_kind="flat")  # rebuilt, saved again, and it verifies
+    q = queries(p2, 1, 1)[0]
+    assert [r.entity for r in p2.predict(q)] == [r.entity for r in p1.predict(q)]
+    meta = json.loads((copy / INDEX_DIR / "flat.json").read_text())
+    from model.bundle import sha256_file
+
+    assert meta["sha256"] == sha256_file(path)
+    assert CandidateIndex.load(copy / INDEX_DIR, "flat", p1.bundle.fingerprint, p1.index.index.d, p1.num_entities) is not None
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])

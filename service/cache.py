@@ -104,7 +104,7 @@ class CircuitBreaker:
     (a blackholed host) costs one timeout per cool-down, not two per request.
     """
 
-    def __init__(self, threshold: int = 3, cooldown_s: float = 1.0, max_cooldown_s: float = 30.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, threshold: int = 3, cooldown_s: float = 1.0, max_cooldown_s: float = 8.0, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = threshold
         self.base_cooldown_s = cooldown_s
         self.max_cooldown_s = max_cooldown_s

@@ -22,11 +22,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from model.imf import FUSED, IMF
-from model.triples import AnswerIndex
+from model.triples import DIRECTIONS, AnswerIndex, query_relation
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("tail", "head")
 HITS_AT = (1, 3, 10)
 
 
@@ -87,10 +86,8 @@ def rank_triples(
     steps = [(d, s) for d in directions for s in range(0, len(triples), batch_size)]
     for direction, start in tqdm(steps, desc="ranking", unit="batch", disable=not progress, leave=False):
         batch = triples[start:start + batch_size]
-        if direction == "tail":
-            ents, rels, targets = batch[:, 0], batch[:, 1], batch[:, 2]
-        else:
-            ents, rels, targets = batch[:, 2], batch[:, 1] + num_rel, batch[:, 0]
+        ents, targets = (batch[:, 0], batch[:, 2]) if direction == "tail" else (batch[:, 2], batch[:, 0])
+        rels = query_relation(batch[:, 1], direction, num_rel)
         e = torch.from_numpy(ents).to(device)
         r = torch.from_numpy(rels).to(device)
         tgt = torch.from_numpy(targets).to(device)

@@ -14,9 +14,7 @@ from torch import Tensor
 
 from model.bundle import Bundle
 from model.imf import IMF
-from model.triples import AnswerIndex
-
-DIRECTIONS = ("tail", "head")
+from model.triples import DIRECTIONS, AnswerIndex, query_relation  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -25,13 +23,6 @@ class Prediction:
     score: float
     rank: int
     known: bool
-
-
-def query_relation(relation: int, direction: str, num_relations: int) -> int:
-    """The relation id the model is asked with: r for tails, its reciprocal r + R for heads."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
-    return relation if direction == "tail" else relation + num_relations
 
 
 def top_k_with_filter(scores: np.ndarray, known: np.ndarray, k: int, *, filter_known: bool, ids: np.ndarray | None = None) -> list[Prediction]:

@@ -15,6 +15,17 @@ import torch
 from torch import Tensor
 
 
+DIRECTIONS = ("tail", "head")
+
+
+def query_relation(relation, direction: str, num_relations: int):
+    """The relation id a query is asked with: r for tails, its reciprocal r + R for heads.
+    `relation` may be an int or an integer array. The one place the reciprocal offset lives."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+    return relation if direction == "tail" else relation + num_relations
+
+
 def to_queries(triples: np.ndarray, num_relations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Both directions of every triple as queries with reciprocal relations.
 
@@ -24,7 +35,7 @@ def to_queries(triples: np.ndarray, num_relations: int) -> tuple[np.ndarray, np.
     h, r, t = triples[:, 0], triples[:, 1], triples[:, 2]
     return (
         np.concatenate([h, t]).astype(np.int64),
-        np.concatenate([r, r + num_relations]).astype(np.int64),
+        np.concatenate([r, query_relation(r, "head", num_relations)]).astype(np.int64),
         np.concatenate([t, h]).astype(np.int64),
     )
 

@@ -47,9 +47,33 @@ def test_trained_model_beats_random_by_a_wide_margin(run_dir: Path, capsys) -> N
     assert report["mr"] < 0.25 * n  # a random ranker averages n / 2
 
 
+def test_training_never_reads_the_test_split(fb15k_slice: Path) -> None:
+    # Two runs, same seed, on datasets whose test splits differ: the second's also holds 2,000
+    # training triples. Filtering uses the union of the splits, which those duplicates leave
+    # unchanged, so anything that reads the test split for more than filtering (a test metric
+    # in model selection, say) sees a different split, while honest training cannot tell.
+    import dataclasses
+
+    from model.train import TrainConfig, train
+
+    ds = load_dataset(fb15k_slice)
+    other = dataclasses.replace(ds, test=np.concatenate([ds.test, ds.train[:2000]]))
+    cfg = TrainConfig(dataset=str(fb15k_slice), epochs=3, lr=0.01, seed=3, patience=100)
+    ra = train(cfg, ds, progress=False, dim=16, relation_dim=16)
+    rb = train(cfg, other, progress=False, dim=16, relation_dim=16)
+    assert [h["loss"] for h in ra.history] == [h["loss"] for h in rb.history]
+    assert [h["valid_mrr"] for h in ra.history] == [h["valid_mrr"] for h in rb.history]
+    assert ra.best_epoch == rb.best_epoch and ra.valid_metrics["mrr"] == rb.valid_metrics["mrr"]
+    from model.triples import AnswerIndex
+
+    idx = AnswerIndex(ds.all_triples(), ds.num_entities, ds.num_relations)
+    # the two test splits really differ to a reader: their MRR is not the same
+    assert evaluate(ra.model, ds.test, idx, split="test")["mrr"] != evaluate(ra.model, other.test, idx, split="test")["mrr"]
+
+
 def test_manifest_records_selection_on_valid_only(run_dir: Path) -> None:
     m = json.loads((run_dir / "manifest.json").read_text())
-    assert set(m["metrics"]) == {"valid"}  # training never looks at test
+    assert set(m["metrics"]) == {"valid"}  # no test metric is recorded: selection used valid only
     assert m["training"]["best_epoch"] >= 1 and len(m["training"]["history"]) == m["training"]["epochs_run"]
     assert m["dataset"]["fingerprint"] == load_dataset(m["training"]["dataset"]).fingerprint
 

@@ -3,6 +3,8 @@ the committed feature files under data/."""
 
 from __future__ import annotations
 
+import os
+
 import logging
 import math
 import shutil
@@ -31,7 +33,12 @@ TEXTS = [
 def source_dir() -> Path:
     src = Path(model.datasets.default_source_dir())
     if not src.is_dir():
-        pytest.skip(f"../shared/datasets not present: {src} (raw sources, on the project's machines only; set IMF_SHARED_DATASETS)")
+        # One rule for missing prerequisites (as for redis-server): skipped on a user's clone,
+        # a failure under CI, where ../shared is always beside the checkout.
+        message = f"../shared/datasets not present: {src} (raw sources, on the project's machines only; set IMF_SHARED_DATASETS)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return src
 
 

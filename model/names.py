@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MAX_POSTINGS = 200_000  # posting entries read per close() query
+MAX_POSTINGS = 50_000  # posting entries read per close() query
 RERANK = 64  # names compared with difflib per close() query
 MAX_VERIFY = 20_000  # substring candidates checked per search() query
 CUTOFF = 0.6  # difflib ratio a suggestion needs (difflib.get_close_matches' default)

@@ -3,10 +3,9 @@ the committed feature files under data/."""
 
 from __future__ import annotations
 
-import os
-
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 

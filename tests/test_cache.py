@@ -7,7 +7,6 @@ import asyncio
 import os
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from bench.campaign import RedisProcess, free_port  # noqa: F401  (free_port: used by other tests)
 from service.app import create_app
 from service.cache import MemoryCache, RedisCache, SingleFlight, redacted
 from service.settings import Settings
@@ -138,49 +138,20 @@ def test_redacted() -> None:
 # ----------------------------------------------------------------------------- real Redis
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A throwaway redis-server on a free loopback port (no persistence)."""
+class RedisServer(RedisProcess):
+    """bench.campaign's throwaway redis-server (free loopback port, no persistence), skipped
+    when the binary is missing outside CI and a failure under CI."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
+        if shutil.which("redis-server") is None:
             message = "redis-server not installed (apt-get install redis-server; .ci/run installs it)"
             if os.environ.get("CI"):
                 pytest.fail(message)
             pytest.skip(message)
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(port=self.port, socket_timeout=0.2).ping()
-                return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        super().__init__(workdir)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        self.kill()
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=1)

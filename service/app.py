@@ -74,20 +74,17 @@ class AppState:
     load_error: str | None = None
     started_at: float = field(default_factory=time.monotonic)
     pending: int = 0  # model jobs running or waiting for a worker
+    inflight: int = 0  # admitted API requests not yet answered
     background: set[asyncio.Task] = field(default_factory=set)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run model / FAISS work off the event loop, at most IMF_WORKERS at a time.
 
-        Admission control: with IMF_MAX_PENDING jobs already running or queued the request is
-        refused at once (503, Retry-After), and a request whose job has not finished within
-        IMF_REQUEST_TIMEOUT_S gets 503 too (its job is cancelled if it never started; one that
-        is running finishes in its thread and still counts as pending until then). So under
-        overload the queue, and the latency of what is admitted, stay bounded.
+        A request whose job has not finished within IMF_REQUEST_TIMEOUT_S gets 503 +
+        Retry-After (its job is cancelled if it never started; one that is running finishes in
+        its thread). With admission (`admit`) this bounds both the queue and the latency of
+        what is admitted under overload.
         """
-        if self.pending >= self.settings.max_pending:
-            self.metrics.shed.labels("queue_full").inc()
-            raise Overloaded(f"server busy: {self.pending} requests in progress; retry shortly")
         self.pending += 1
         self.metrics.pending.set(self.pending)
 
@@ -180,6 +177,42 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug: log it, hide it
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(error_body("internal_error", "internal error; see the server log"), status_code=500)
+
+
+class Admission:
+    """Pure ASGI middleware: admission control before any parsing, once per request.
+
+    With IMF_MAX_PENDING API requests in progress, a new one is answered 503 (JSON, with
+    Retry-After) at once, without reading its body: refusing must cost next to nothing, or an
+    overload spends the CPU on refusals. An admitted request keeps its slot until its response
+    is sent, so it is never refused halfway. Health, readiness, metrics and docs are not counted.
+    """
+
+    EXEMPT = ("/health", "/ready", "/metrics", "/docs", "/openapi.json", "/redoc")
+
+    def __init__(self, app: ASGIApp, get_state: Callable[[], AppState | None]) -> None:
+        self.app = app
+        self.get_state = get_state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.get_state() if scope["type"] == "http" else None
+        if state is None or scope["path"].startswith(self.EXEMPT):
+            await self.app(scope, receive, send)
+            return
+        if state.inflight >= state.settings.max_pending:
+            state.metrics.shed.labels("queue_full").inc()
+            body = json.dumps(error_body("overloaded", f"server busy: {state.inflight} requests in progress; retry shortly")).encode()
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        state.inflight += 1
+        state.metrics.inflight.set(state.inflight)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            state.inflight -= 1
+            state.metrics.inflight.set(state.inflight)
 
 
 class BodyLimit:
@@ -433,5 +466,6 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
         metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
         return response
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # outermost: before parsing
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # before parsing
+    app.add_middleware(Admission, get_state=lambda: getattr(app.state, "imf", None))  # outermost: before reading the body
     return app

@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # up to IMF_SHUTDOWN_TIMEOUT_S, then exits.
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-        timeout_graceful_shutdown=int(math.ceil(settings.shutdown_timeout_s)),
+        timeout_graceful_shutdown=int(math.ceil(settings.shutdown_timeout_s)), timeout_keep_alive=int(math.ceil(settings.keepalive_s)),
     )
     return 0
 

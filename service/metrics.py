@@ -17,6 +17,7 @@ class Metrics:
         self.cache_errors = Counter("imf_cache_errors", "cache backend errors (Redis down or failing)", registry=self.registry)
         self.shared = Counter("imf_singleflight_shared", "misses answered by an identical in-flight computation", registry=self.registry)
         self.shed = Counter("imf_shed", "requests refused with 503: queue full or waited too long", ["reason"], registry=self.registry)
+        self.inflight = Gauge("imf_inflight_requests", "admitted API requests not yet answered", registry=self.registry)
         self.pending = Gauge("imf_pending_jobs", "model jobs running or queued", registry=self.registry)
         self.ready = Gauge("imf_ready", "1 when the model and index are loaded", registry=self.registry)
         self.cache_up = Gauge("imf_cache_up", "1 when the cache backend answered its last health check", registry=self.registry)

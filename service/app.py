@@ -208,11 +208,26 @@ class Admission:
             return
         state.inflight += 1
         state.metrics.inflight.set(state.inflight)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                state.inflight -= 1
+                state.metrics.inflight.set(state.inflight)
+
+        async def send_then_release(message: Message) -> None:
+            # Free the slot before the last byte goes out: a client that sends its next request
+            # the moment it has this answer must find the slot free.
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_then_release)
         finally:
-            state.inflight -= 1
-            state.metrics.inflight.set(state.inflight)
+            release()
 
 
 class BodyLimit:

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, le=256, description="intra-op threads per request (IMF_TORCH_THREADS)")
     faiss_threads: int = Field(1, ge=1, le=256, description="OpenMP threads of FAISS (IMF_FAISS_THREADS)")
     workers: int = Field(2, ge=1, le=256, description="requests computed at once, off the event loop (IMF_WORKERS)")
-    max_pending: int = Field(32, ge=1, le=100_000, description="API requests in progress at once; more get 503 + Retry-After at once (IMF_MAX_PENDING)")
+    max_pending: int = Field(64, ge=1, le=100_000, description="API requests in progress at once; more get 503 + Retry-After at once (IMF_MAX_PENDING)")
     request_timeout_s: float = Field(10.0, gt=0, le=600, description="longest a request waits for its model job; then 503 + Retry-After (IMF_REQUEST_TIMEOUT_S)")
     keepalive_s: float = Field(30.0, gt=0, le=3600, description="idle keep-alive connections are closed after this long; above common clients' own expiry (httpx 5 s) so a client never reuses a connection the server is closing (IMF_KEEPALIVE_S)")
     shutdown_timeout_s: float = Field(10.0, gt=0, le=600, description="on SIGTERM: in-flight requests get this long to finish (IMF_SHUTDOWN_TIMEOUT_S)")

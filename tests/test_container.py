@@ -274,7 +274,9 @@ def test_second_replica_shares_the_redis_cache(stack: Stack, query: dict) -> Non
     name = f"{stack.project}_api_2"
     stack.run(
         "podman", "run", "-d", "--name", name, "--network", f"{stack.project}_default", "--read-only", "--tmpfs", "/tmp",
-        "-e", "IMF_REDIS_URL=redis://redis:6379/0", "-v", f"{stack.model_dir}:/models/default:ro",
+        # the same retrieval settings as the stack's replica (IMF_INDEX=flat): cache keys name
+        # them, so a replica with other settings rightly computes its own answers
+        "-e", "IMF_REDIS_URL=redis://redis:6379/0", "-e", "IMF_INDEX=flat", "-v", f"{stack.model_dir}:/models/default:ro",
         "-p", f"127.0.0.1:{port}:8000", stack.image,
     )
     try:

@@ -82,8 +82,8 @@ class AppState:
 
         A request whose job has not finished within IMF_REQUEST_TIMEOUT_S gets 503 +
         Retry-After (its job is cancelled if it never started; one that is running finishes in
-        its thread). With admission (`admit`) this bounds both the queue and the latency of
-        what is admitted under overload.
+        its thread). With admission (the `Admission` middleware) this bounds both the queue and
+        the latency of what is admitted under overload.
         """
         self.pending += 1
         self.metrics.pending.set(self.pending)
@@ -96,6 +96,8 @@ class AppState:
                 self.metrics.pending.set(self.pending)
 
         task = asyncio.ensure_future(job())
+        # a job abandoned by a timeout may still fail later: mark its outcome retrieved
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_s)
         except TimeoutError:

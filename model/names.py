@@ -70,11 +70,10 @@ class NameIndex:
             self._id_postings = {g: np.asarray(v, dtype=np.int32) for g, v in id_postings.items()}
         else:
             self._id_postings = {}
-        self._exact: dict[str, int] = {}
-        for i in self.order.tolist():  # the heaviest entry wins a shared name
-            self._exact.setdefault(self.lower[i], i)
-            if self.ids_lower is not None:
-                self._exact.setdefault(self.ids_lower[i], i)
+        self._by_id: dict[str, int] = {}  # lower-cased id -> entry (names are found by bisect)
+        if self.ids_lower is not None:
+            for i in self.order.tolist():  # the heaviest entry wins a shared id
+                self._by_id.setdefault(self.ids_lower[i], i)
         self._sorted = sorted(range(n), key=lambda i: self.lower[i])
         self._sorted_keys = [self.lower[i] for i in self._sorted]
 
@@ -127,7 +126,8 @@ class NameIndex:
 
     def exact(self, query: str) -> int | None:
         """The entry whose name or id equals `query` (case-insensitive; heaviest if several)."""
-        return self._exact.get(query.strip().lower())
+        hits = self._tier_exact(query.strip().lower())
+        return min(hits, key=lambda i: self.rank_of[i]) if hits else None
 
     def search(self, query: str, limit: int = 10) -> list[int]:
         """Entries matching `query`: exact, then prefix, then substring (see the module doc)."""
@@ -152,10 +152,9 @@ class NameIndex:
             if self._sorted_keys[j] != q:
                 break
             hits.add(self._sorted[j])
-        if self.ids_lower is not None:
-            i = self._exact.get(q)
-            if i is not None and self.ids_lower[i] == q:
-                hits.add(i)
+        i = self._by_id.get(q)
+        if i is not None:
+            hits.add(i)
         return hits
 
     def _tier_prefix(self, q: str, taken: set[int], limit: int) -> list[int]:

@@ -98,5 +98,8 @@ def test_weights_rank_shared_names_and_tiers() -> None:
     index = NameIndex(["Paris", "Paris", "Paris Hilton", "Le Paris"], ["e0", "e1", "e2", "e3"], np.array([1.0, 5.0, 9.0, 3.0]))
     assert index.search("paris") == [1, 0, 2, 3]  # exact (by weight), prefix, substring
     assert index.exact("PARIS") == 1 and index.exact("e3") == 3 and index.exact("nope") is None
+    # a name equal to another entry's id: both are exact matches, by weight
+    clash = NameIndex(["E3", "Lyon", "E3 Hall"], ["x9", "e3", "x8"], np.array([5.0, 1.0, 3.0]))
+    assert clash.search("e3") == [0, 1, 2] and clash.exact("E3") == 0  # Lyon (id e3) before the prefix match
     with pytest.raises(ValueError, match="weights"):
         NameIndex(["a"], weights=np.ones(2))

@@ -16,7 +16,7 @@ A query (e, r', k, filter):
     known answers removed (or flagged), sorted by p, top k
 
 Searching K' plus the number of known answers means filtering can never leave fewer than k
-results while candidates remain; with K' >= N the answer is exactly exhaustive scoring.
+results while candidates remain; with K' >= N every entity is scored, without retrieval.
 """
 
 from __future__ import annotations
@@ -231,8 +231,6 @@ class Predictor:
         n, nb = self.num_entities, len(self.branches)
         searches = 1 if nb == 1 or self.scheme == "surrogate" else nb + 1
         share = -(-self.candidates // searches)
-        if self.candidates >= n:  # K' covers everything: exactly exhaustive
-            return np.broadcast_to(np.arange(n), (len(queries), n)).copy()
         # Each query's depths depend on that query alone (its k and its number of known
         # answers), rounded up to a power of two so a batch needs few FAISS calls: the answer to
         # a query is the same whatever batch it came in (and may be cached as such).
@@ -278,7 +276,7 @@ class Predictor:
         rels = [self._rel(q) for q in queries]
         qv, w = self._queries([q.entity for q in queries], rels)
         known = [self._known_rows(q) for q in queries]
-        if self.index is None:
+        if self.index is None or self.candidates >= self.num_entities:  # K' covers everything: score it all
             return self._exhaustive(queries, qv, w, known)
         ids = self.candidates_for(queries, qv, w, known)  # (B, M), -1 padded
         valid = ids >= 0

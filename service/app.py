@@ -181,6 +181,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("internal_error", "internal error; see the server log"), status_code=500)
 
 
+async def send_json_error(send: Send, status: int, kind: str, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """An error response written straight to ASGI (for middleware that answers before the app)."""
+    body = json.dumps(error_body(kind, message)).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
 class Admission:
     """Pure ASGI middleware: admission control before any parsing, once per request.
 
@@ -203,10 +211,7 @@ class Admission:
             return
         if state.inflight >= state.settings.max_pending:
             state.metrics.shed.labels("queue_full").inc()
-            body = json.dumps(error_body("overloaded", f"server busy: {state.inflight} requests in progress; retry shortly")).encode()
-            await send({"type": "http.response.start", "status": 503, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]})
-            await send({"type": "http.response.body", "body": body})
+            await send_json_error(send, 503, "overloaded", f"server busy: {state.inflight} requests in progress; retry shortly", [(b"retry-after", b"1")])
             return
         state.inflight += 1
         state.metrics.inflight.set(state.inflight)
@@ -277,9 +282,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(error_body("payload_too_large", f"request body over {self.max_bytes} bytes")).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 413, "payload_too_large", f"request body over {self.max_bytes} bytes")
 
 
 # ----------------------------------------------------------------------------- endpoints

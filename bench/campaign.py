@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,29 @@ class RedisProcess:
             self.proc.wait(10)
 
 
+def wait_ready(proc: subprocess.Popen, base: str, timeout: float, output: Callable[[], str] | None = None) -> None:
+    """Poll `base`/ready until it answers 200; RuntimeError with the server's output (`output()`,
+    or its stdout pipe) if it exits first or is not ready within `timeout` seconds."""
+
+    def printed() -> str:
+        if output is not None:
+            return output()
+        return proc.stdout.read() if proc.stdout and proc.poll() is not None else ""
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{printed()}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server not ready in {timeout:.0f} s:\n{printed()[-3000:]}")
+        time.sleep(0.1)
+
+
 class ServerProcess:
     """`python -m service BUNDLE` on a free loopback port."""
 
@@ -109,17 +133,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 120) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "service", str(self.bundle)], cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.base}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready in {timeout:.0f} s:\n{self.output()[-3000:]}")
+        wait_ready(self.proc, self.base, timeout, self.output)
 
     def output(self) -> str:
         if self.log.closed:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,26 +16,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from bench.campaign import wait_ready
 from model.bundle import load_bundle
 from tests.test_cache import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_ready(proc: subprocess.Popen, base: str, timeout: float) -> None:
-    """Poll `base`/ready until it answers 200; fail with the server's output if it exits first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early:\n{proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"server not ready in {timeout:.0f} s")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

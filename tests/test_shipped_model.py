@@ -16,7 +16,7 @@ import pytest
 
 from model.bundle import load_bundle, read_manifest
 from tests.test_cache import free_port
-from tests.test_e2e_server import wait_ready
+from bench.campaign import wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "artifacts" / "default"

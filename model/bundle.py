@@ -37,7 +37,9 @@ from model import __version__
 from model.data import KGDataset
 from model.textio import decode_field, encode_record, records
 from model.errors import BundleError, UnknownNameError
+from model.calibration import Calibration
 from model.imf import IMF, IMFConfig
+from model.inductive import FeatureMap
 from model.names import NameIndex
 from model.triples import AnswerIndex
 
@@ -51,6 +53,11 @@ ENTITIES = "entities.tsv"
 RELATIONS = "relations.tsv"
 KNOWN = "known_triples.safetensors"
 REQUIRED_FILES = (WEIGHTS, ENTITIES, RELATIONS, KNOWN)
+# Optional extras fitted after training (`imf bundle extras`): the probability calibration
+# (model.calibration) and the feature map that embeds new entities (model.inductive).
+CALIBRATION = "calibration.json"
+FEATURE_MAP = "inductive.safetensors"
+EXTRA_FILES = (CALIBRATION, FEATURE_MAP)
 
 
 def sha256_file(path: Path) -> str:
@@ -161,8 +168,13 @@ def save_bundle(
     metrics: dict,
     overwrite: bool = False,
     compact: bool = False,
+    extra_files: dict[str, bytes] | None = None,
+    extras: dict | None = None,
 ) -> Path:
     """Write a bundle for `model` trained on `dataset` to `out`, atomically.
+
+    extra_files: contents of optional files (EXTRA_FILES) to include, e.g. carried over from
+    the bundle being compacted; extras: their summary for the manifest.
 
     compact: store what serving needs in a fraction of the space (`IMF.compacted` tables instead
     of raw features, `encode_state`'s int8 / float16 encoding); the metrics passed should then
@@ -191,7 +203,11 @@ def save_bundle(
             "".join(encode_record([i, n]) for i, n in zip(dataset.relation_ids, dataset.relation_names, strict=True)),
             encoding="utf-8",
         )
-        files = {name: sha256_file(tmp / name) for name in REQUIRED_FILES}
+        for name, data in (extra_files or {}).items():
+            if name not in EXTRA_FILES:
+                raise BundleError(f"{name}: not a bundle extra (expected one of {EXTRA_FILES})")
+            (tmp / name).write_bytes(data)
+        files = {name: sha256_file(tmp / name) for name in (*REQUIRED_FILES, *(extra_files or {}))}
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -213,6 +229,7 @@ def save_bundle(
                 "triples": {s: int(len(dataset.split(s))) for s in ("train", "valid", "test")},
             },
             "metrics": metrics,
+            **({"extras": extras} if extras else {}),
             "model_fingerprint": files[WEIGHTS],
             "files": files,
         }
@@ -246,6 +263,18 @@ class Bundle:
     relation_ids: list[str]
     relation_names: list[str]
     triples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    calibration: Calibration | None = None  # CALIBRATION, when the bundle has one
+    feature_map: FeatureMap | None = None  # FEATURE_MAP, when the bundle has one
+
+    @property
+    def extras_fingerprint(self) -> str:
+        """Digest of the optional files (they change answers: probabilities, new entities)."""
+        files = self.manifest.get("files", {})
+        return hashlib.sha256("".join(f"{n}:{files.get(n, '')};" for n in EXTRA_FILES).encode()).hexdigest()
+
+    def extra_file_bytes(self) -> dict[str, bytes]:
+        """The optional files' contents, to carry them into a re-saved (compacted) bundle."""
+        return {n: (self.path / n).read_bytes() for n in EXTRA_FILES if n in self.manifest.get("files", {})}
 
     @property
     def fingerprint(self) -> str:
@@ -450,6 +479,28 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         if len(arr) and (arr[:, [0, 2]].min() < 0 or arr[:, [0, 2]].max() >= cfg.num_entities or arr[:, 1].min() < 0 or arr[:, 1].max() >= cfg.num_relations):
             raise BundleError(f"{path / KNOWN}: split {split!r} has ids out of range")
         triples[split] = arr
+    calibration = feature_map = None
+    listed = manifest["files"]
+    if CALIBRATION in listed:
+        try:
+            calibration = Calibration.from_json((path / CALIBRATION).read_text(encoding="utf-8"))
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path / CALIBRATION}: invalid calibration: {exc}") from exc
+        if len(calibration.families) != 2 * cfg.num_relations:
+            raise BundleError(f"{path / CALIBRATION}: {len(calibration.families)} relation families, expected {2 * cfg.num_relations}")
+    if FEATURE_MAP in listed:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path / FEATURE_MAP), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            feature_map = FeatureMap.from_tensors(tensors, meta)
+        except (SafetensorError, ValueError, OSError) as exc:
+            raise BundleError(f"{path / FEATURE_MAP}: invalid feature map: {exc}") from exc
+        expected = sum(f + 1 for f in cfg.modalities.values()) + 1
+        if feature_map.weights.shape != (expected, cfg.dim * (1 + len(cfg.modalities))):
+            raise BundleError(f"{path / FEATURE_MAP}: weights of shape {feature_map.weights.shape} do not fit model_config")
     return Bundle(
         path=path,
         manifest=manifest,
@@ -460,7 +511,41 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         relation_ids=[r[0] for r in rels],
         relation_names=[r[1] for r in rels],
         triples=triples,
+        calibration=calibration,
+        feature_map=feature_map,
     )
+
+
+def add_extras(path: str | Path, *, calibration: Calibration | None = None, feature_map: FeatureMap | None = None, summary: dict | None = None) -> Path:
+    """Add (or replace) a bundle's optional files, atomically: the bundle (its FAISS index
+    included: extras do not change the weights it is tied to) is copied to a
+    temporary sibling, the files written and the manifest's checksums updated there, and the
+    copy renamed into place, so an interruption leaves the old bundle intact."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        shutil.copytree(path, tmp, symlinks=True, dirs_exist_ok=True)  # the FAISS index too
+        if calibration is not None:
+            (tmp / CALIBRATION).write_text(calibration.to_json(), encoding="utf-8")
+            manifest["files"][CALIBRATION] = sha256_file(tmp / CALIBRATION)
+        if feature_map is not None:
+            tensors, meta = feature_map.to_tensors()
+            save_file(tensors, str(tmp / FEATURE_MAP), metadata=meta)
+            manifest["files"][FEATURE_MAP] = sha256_file(tmp / FEATURE_MAP)
+        manifest["extras"] = {**manifest.get("extras", {}), **(summary or {})}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float), encoding="utf-8")
+        _share(tmp)
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("added extras to %s: %s", path, [n for n, v in ((CALIBRATION, calibration), (FEATURE_MAP, feature_map)) if v is not None])
+    return path
 
 
 def compact_bundle(src: str | Path, out: str | Path, *, report_test: bool = False, overwrite: bool = False, progress: bool = False) -> Path:
@@ -478,4 +563,7 @@ def compact_bundle(src: str | Path, out: str | Path, *, report_test: bool = Fals
     metrics["before_compaction"] = {
         split: {k: m[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")} for split, m in bundle.manifest.get("metrics", {}).items() if isinstance(m, dict) and "mrr" in m
     }
-    return save_bundle(out, served, bundle, training=bundle.manifest.get("training", {}), metrics=metrics, overwrite=overwrite, compact=True)
+    return save_bundle(
+        out, served, bundle, training=bundle.manifest.get("training", {}), metrics=metrics, overwrite=overwrite, compact=True,
+        extra_files=bundle.extra_file_bytes(), extras=bundle.manifest.get("extras"),
+    )

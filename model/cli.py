@@ -275,6 +275,24 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--report-test", action="store_true", help="also measure and record the test split (after selection)")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(handler=cmd_bundle_compact)
+    e = bsub.add_parser("extras", help="fit the probability calibration (valid split) and the new-entity feature map, and add them to the bundle")
+    e.add_argument("bundle", type=Path)
+    e.add_argument("--dataset", default=None, help="dataset with the trained entities' features (default: the bundle's)")
+    e.add_argument("--numeric-source", type=Path, default=None, help="raw numeric-literal file the numeric features were built from: new entities may then give numeric attributes")
+    e.add_argument("--no-feature-map", action="store_true", help="calibration only")
+    e.set_defaults(handler=cmd_bundle_extras)
+
+
+def cmd_bundle_extras(args: argparse.Namespace) -> int:
+    from model.extras import fit_extras
+
+    summary = fit_extras(args.bundle, dataset=args.dataset, numeric_source=args.numeric_source, feature_map=not args.no_feature_map)
+    cal = summary["calibration"]
+    print(f"calibration: {cal['method']} (cross-fitted valid log-loss {cal['validation'][cal['method']]['log_loss']:.4f}, ECE {cal['validation'][cal['method']]['ece']:.4f}; raw {cal['validation']['identity']['log_loss']:.4f}, {cal['validation']['identity']['ece']:.4f})")
+    if "feature_map" in summary:
+        fm = summary["feature_map"]
+        print(f"feature map: {fm['variant']}, pseudo-inductive valid MRR " + ", ".join(f"{k} {v:.4f}" for k, v in fm["check_valid_mrr"].items()))
+    return 0
 
 
 def cmd_bundle_compact(args: argparse.Namespace) -> int:

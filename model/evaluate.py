@@ -73,14 +73,18 @@ def rank_triples(
     directions: Iterable[str] = DIRECTIONS,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    tables: dict[str, Tensor] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Filtered ranks of `triples` (n, 3) for the fused model and every branch.
 
-    Returns ranks[direction][output] -> (n,) where output is "fused" or a branch name.
+    tables: the entity tables to score with (default `model.entity_tables()`), e.g. with some
+    rows replaced (model.inductive's check). Returns ranks[direction][output] -> (n,) where
+    output is "fused" or a branch name.
     """
     model.eval()
     num_rel = model.cfg.num_relations
-    tables = model.entity_tables()
+    if tables is None:
+        tables = model.entity_tables()
     outputs = [FUSED, *model.branches]
     ranks: dict[str, dict[str, list[np.ndarray]]] = {d: {o: [] for o in outputs} for d in directions}
     steps = [(d, s) for d in directions for s in range(0, len(triples), batch_size)]

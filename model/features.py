@@ -359,15 +359,35 @@ def normalise_numeric(
     if not np.isfinite(raw).all():
         raise ValueError("non-finite numeric value")
     logged = np.sign(raw) * np.log1p(np.abs(raw))
-    count = present.sum(axis=0)
-    safe = np.maximum(count, 1)
-    mean = np.where(present, logged, 0.0).sum(axis=0) / safe
-    var = np.where(present, (logged - mean) ** 2, 0.0).sum(axis=0) / safe
-    std = np.sqrt(var)
-    std[std == 0] = 1.0
+    mean, std = _log_stats(logged, present)
     z = np.clip((logged - mean) / std, -NUMERIC_CLIP, NUMERIC_CLIP)
     z = np.where(present, z, 0.0)
     return np.concatenate([z, present.astype(np.float64)], axis=1).astype(np.float32), ids
+
+
+def _log_stats(logged: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and population std of `logged` over the rows where `present` (a std of
+    0, or no row, counts as 1): (k,) each."""
+    safe = np.maximum(present.sum(axis=0), 1)
+    mean = np.where(present, logged, 0.0).sum(axis=0) / safe
+    std = np.sqrt(np.where(present, (logged - mean) ** 2, 0.0).sum(axis=0) / safe)
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def numeric_normalisation(numeric_triples: Path, entity_ids: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(attributes, mean, std) of `normalise_numeric` over `entity_ids` for the raw file the
+    numeric features were built from: what is needed to normalise a new entity's values alike."""
+    values, attributes = read_numeric_triples(Path(numeric_triples))
+    col = {a: j for j, a in enumerate(attributes)}
+    rows = [{col[a]: float(np.mean(v)) for a, v in values[k].items() if v} for k in entity_ids if k in values]
+    raw = np.zeros((len(rows), len(attributes)))
+    present = np.zeros((len(rows), len(attributes)), dtype=bool)
+    for i, row in enumerate(rows):
+        for j, x in row.items():
+            raw[i, j], present[i, j] = x, True
+    mean, std = _log_stats(np.sign(raw) * np.log1p(np.abs(raw)), present)
+    return attributes, mean, std
 
 
 def _attribute_name(uri: str) -> str:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -25,7 +26,7 @@ import faiss
 import torch
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,7 +34,8 @@ from model import __version__
 from service.cache import Cache, MemoryCache, RedisCache, SingleFlight, redacted
 from service.engine import Predictor
 from service.engine import Query as EngineQuery
-from service.errors import InvalidRequest, NotReady, Overloaded, ServiceError, Unauthorized
+from service.entities import DuplicateId, EntityStore, FileStore, RedisStore
+from service.errors import Forbidden, InvalidRequest, NotReady, Overloaded, ServiceError, StoreUnavailable, Unauthorized, Unsupported
 from service.metrics import Metrics
 from service.schemas import (
     BatchRequest,
@@ -42,12 +44,18 @@ from service.schemas import (
     ErrorResponse,
     ExplainRequest,
     ExplainResponse,
+    NewEntityRequest,
+    NewEntityResponse,
     PredictRequest,
     PredictResponse,
+    ScoreRequest,
+    ScoreResponse,
 )
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 Loader = Callable[[Settings], Predictor]
 
@@ -76,6 +84,8 @@ class AppState:
     pending: int = 0  # model jobs running or waiting for a worker
     inflight: int = 0  # admitted API requests not yet answered
     background: set[asyncio.Task] = field(default_factory=set)
+    store: EntityStore | None = None  # added entities (IMF_ALLOW_NEW_ENTITIES)
+    store_version: str | None = None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run model / FAISS work off the event loop, at most IMF_WORKERS at a time.
@@ -290,10 +300,22 @@ class BodyLimit:
 
 def _answer(p: Predictor, q: EngineQuery, ranked: list) -> dict:
     """The cacheable part of a /predict answer."""
+    probs = p.probabilities(q, [r.score for r in ranked])
     return {
         "query": p.describe(q),
-        "predictions": [{**p.entity_info(r.entity), "score": r.score, "rank": r.rank, "known": r.known} for r in ranked],
+        "predictions": [{**p.entity_info(r.entity), "score": r.score, "rank": r.rank, "known": r.known, "probability": pr} for r, pr in zip(ranked, probs)],
     }
+
+
+async def sync_entities(state: AppState, p: Predictor) -> None:
+    """Serve what the entity store holds now, if it changed since the last look."""
+    assert state.store is not None
+    version = await state.store.version()
+    if version == state.store_version:
+        return
+    records = await state.store.load()
+    await state.run(p.add_records, records)
+    state.store_version = version
 
 
 async def _cached_predictions(state: AppState, p: Predictor, queries: list[EngineQuery]) -> list[tuple[dict, bool]]:
@@ -367,24 +389,77 @@ def build_router() -> APIRouter:
             q = p.resolve(body.head, body.relation, direction=body.direction, k=body.k, filter_known=body.filter_known, max_k=state.settings.max_k)
             tail = p.resolve_entity(body.tail, field="tail") if body.tail is not None else None
             weights, explained = p.explain(q, tail)
+            probs = p.probabilities(q, [e.score for e in explained])
             return {
                 "model": p.bundle.fingerprint,
                 "query": p.describe(q),
                 "weights": weights,
                 "predictions": [
-                    {**p.entity_info(e.entity), "score": e.score, "rank": e.rank, "known": e.known, "branches": e.branches}
-                    for e in explained
+                    {**p.entity_info(e.entity), "score": e.score, "rank": e.rank, "known": e.known, "probability": pr, "branches": e.branches}
+                    for e, pr in zip(explained, probs)
                 ],
             }
 
         return await state.run(work)
+
+    @api.post("/score", response_model=ScoreResponse, responses=responses, summary="Calibrated probability that one triple holds, with the per-branch breakdown")
+    async def score(body: ScoreRequest, state: StateDep, p: PredictorDep) -> dict:
+        def work() -> dict:
+            q = p.resolve(body.head, body.relation, direction="tail", k=1, filter_known=False)
+            tail = p.resolve_entity(body.tail, field="tail")
+            weights, (e,) = p.explain(q, tail)
+            return {
+                "model": p.bundle.fingerprint,
+                "head": p.entity_info(q.entity),
+                "relation": p.relation_info(q.relation),
+                "tail": p.entity_info(tail),
+                "score": e.score,
+                "probability": p.probabilities(q, [e.score])[0],
+                "rank": e.rank,
+                "known": e.known,
+                "weights": weights,
+                "branches": e.branches,
+            }
+
+        return await state.run(work)
+
+    @api.post("/entities", response_model=NewEntityResponse, status_code=201, responses={**responses, 403: {"model": ErrorResponse}, 501: {"model": ErrorResponse}},
+              summary="Add an entity from its name, description and numbers (no retraining); usable at once as a query and an answer")
+    async def add_entity(body: NewEntityRequest, state: StateDep, p: PredictorDep) -> dict:
+        if not state.settings.allow_new_entities or state.store is None:
+            raise Forbidden("adding entities is disabled on this server (set IMF_ALLOW_NEW_ENTITIES=true)")
+        p.check_new_entity(body.name, body.description, body.numeric, body.id, max_text=state.settings.max_entity_text)
+        try:
+            record = await state.run(p.encode_new_entity, body.name, body.description, body.numeric, body.id)
+        except ImportError as exc:
+            log.error("text encoder unavailable: %s", exc)
+            raise Unsupported("the offline text encoder is not installed on this server (pip install '.[features]')") from None
+        try:
+            await state.store.add(record)
+            await sync_entities(state, p)
+        except DuplicateId:
+            raise InvalidRequest(f"entity id {record['id']!r} already exists", field="id") from None
+        except (OSError, ConnectionError, TimeoutError) as exc:  # redis errors subclass ConnectionError / TimeoutError
+            log.error("entity store: %s", exc)
+            raise StoreUnavailable("the entity store cannot be written now; nothing was added") from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("redis"):
+                log.error("entity store: %s", exc)
+                raise StoreUnavailable("the entity store cannot be written now; nothing was added") from None
+            raise
+        e = p.resolve_entity(record["id"], field="id")
+        return {**p.entity_info(e), "description": p.entity_description(e), "added": len(p.view.added_ids)}
+
+    @api.get("/relations", summary="Every relation: id and name")
+    async def relations(p: PredictorDep) -> dict:
+        return {"relations": [p.relation_info(r) for r in range(p.num_relations)]}
 
     @api.get("/entities", response_model=EntitiesResponse, responses=responses, summary="Find entities by name (or id) substring")
     async def entities(state: StateDep, p: PredictorDep, q: Annotated[str, Query(min_length=1, max_length=200)], limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict:
         return {"entities": await state.run(p.search_entities, q, limit)}
 
     @api.get("/info", summary="The served model: fingerprint, dataset, branches, metrics")
-    async def info(p: PredictorDep) -> dict:
+    async def info(state: StateDep, p: PredictorDep) -> dict:
         m = p.bundle.manifest
         return {
             "model": p.bundle.fingerprint,
@@ -393,6 +468,12 @@ def build_router() -> APIRouter:
             "modalities": m.get("modalities"),
             "metrics": m.get("metrics"),
             "index": {"kind": p.index_kind, "candidates": p.candidates if p.index is not None else p.num_entities},
+            "calibration": (m.get("extras") or {}).get("calibration", {}).get("method"),
+            "new_entities": {
+                "enabled": bool(state.settings.allow_new_entities and p.bundle.feature_map is not None),
+                "added": len(p.view.added_ids),
+                "numeric_attributes": p.bundle.feature_map.numeric_attributes if p.bundle.feature_map else [],
+            },
             "version": __version__,
         }
 
@@ -445,12 +526,42 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
 
         async def load() -> None:
             try:
-                state.predictor = await anyio.to_thread.run_sync(loader, settings)
+                predictor = await anyio.to_thread.run_sync(loader, settings)
+                if settings.allow_new_entities:
+                    if predictor.bundle.feature_map is None:
+                        log.warning("IMF_ALLOW_NEW_ENTITIES is set but %s has no feature map (imf bundle extras): POST /entities answers 501", settings.bundle)
+                    if settings.redis_url:
+                        state.store = RedisStore(settings.redis_url, predictor.bundle.fingerprint, settings.redis_timeout_s)
+                    else:
+                        state.store = FileStore(settings.state_dir, predictor.bundle.fingerprint)
+                    try:
+                        await sync_entities(state, predictor)
+                    except Exception as exc:  # Redis down at start: serve the bundle, retry in the sync loop
+                        log.error("added entities not loaded yet (%s); retrying every %gs", exc, settings.entity_sync_s)
+                    state.spawn(entity_sync_loop(predictor))
+                    if predictor.bundle.feature_map is not None:
+                        try:  # load the text encoder now, not inside the first POST's time limit
+                            from model.features import encode_texts
+
+                            await anyio.to_thread.run_sync(encode_texts, ["warm-up"])
+                        except ImportError as exc:
+                            log.warning("text encoder not installed (%s): POST /entities answers 501", exc)
+                state.predictor = predictor
                 metrics.ready.set(1)
                 metrics.startup.set(time.monotonic() - state.started_at)
             except Exception as exc:  # keep serving /health and /ready, which report it
                 state.load_error = f"{type(exc).__name__}: {exc}"
                 log.error("loading %s failed: %s", settings.bundle, state.load_error)
+
+        async def entity_sync_loop(predictor: Predictor) -> None:
+            while True:
+                await asyncio.sleep(settings.entity_sync_s)
+                try:
+                    await sync_entities(state, predictor)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("entity sync: %s", exc)
 
         task = asyncio.create_task(load())
         try:
@@ -458,6 +569,11 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
         finally:
             if not task.done():
                 task.cancel()
+            for t in list(state.background):
+                if t.get_coro().__name__ == "entity_sync_loop":  # type: ignore[union-attr]
+                    t.cancel()
+            if state.store is not None:
+                await state.store.close()
             if state.background:  # cache writes still in flight: give them a moment
                 await asyncio.wait(list(state.background), timeout=2)
             await cache.close()
@@ -471,6 +587,11 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
     install_error_handlers(app)
     app.include_router(build_ops_router())
     app.include_router(build_router(), dependencies=[Depends(require_key)])
+
+    @app.get("/", include_in_schema=False)
+    async def explorer() -> FileResponse:
+        """The explorer page (service/static/explorer.html): no build step, nothing from a CDN."""
+        return FileResponse(STATIC / "explorer.html", media_type="text/html")
 
     @app.get("/metrics", include_in_schema=True, summary="Prometheus metrics", dependencies=[Depends(require_key)])
     async def metrics_endpoint(state: StateDep) -> Response:

@@ -21,8 +21,13 @@ results while candidates remain; with K' >= N every entity is scored, without re
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import math
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +83,23 @@ class Query:
         return f"imf:v2:{fingerprint[:16]}:{retrieval}:{self.direction}:{self.entity}:{self.relation}:{self.k}:{int(self.filter_known)}"
 
 
+@dataclass(frozen=True)
+class View:
+    """What the engine scores against, swapped as a whole when entities are added (so a request
+    that started on one view finishes on it): the entity tables of every branch, the bundle's
+    N rows followed by the M added entities' rows, and the added entities' vocabulary."""
+
+    tables: dict[str, Tensor]  # (N + M, d) each
+    added_ids: tuple[str, ...] = ()
+    added_names: tuple[str, ...] = ()
+    added_descriptions: tuple[str, ...] = ()
+    generation: str = "0"  # digest of the added ids in order: changes with every addition (cache keys carry it)
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.tables.values())))
+
+
 @dataclass
 class Ranked:
     entity: int
@@ -104,21 +126,49 @@ class Predictor:
         self.bundle = bundle
         self.model: IMF = bundle.model
         self.index = index
-        self.tables = tables
+        self.base_tables = tables
+        self.view = View(tables)
         self.candidates = candidates
         self.load_seconds = load_seconds
         self.branches = self.model.branches
-        self.num_entities = len(bundle.entity_ids)
+        self.num_base = len(bundle.entity_ids)  # entities of the bundle (the FAISS index holds these)
         self.num_relations = bundle.num_relations
         self.index_kind = EXACT if index is None else index.kind
+        self._add_lock = threading.Lock()  # one writer of the view at a time
+        self._added_index: dict[str, int] = {}
+        self._added_by_name: dict[str, int] = {}
+
+    @property
+    def tables(self) -> dict[str, Tensor]:
+        return self.view.tables
+
+    @property
+    def num_entities(self) -> int:
+        """Entities answers are drawn from: the bundle's and the added ones."""
+        return self.view.size
 
     @property
     def retrieval(self) -> str:
-        """The retrieval settings an answer depends on, for cache keys: "exact", or the index
-        type with K', nprobe and the refinement factor."""
-        if self.index is None:
-            return EXACT
-        return f"{self.index.kind}-c{self.candidates}-p{self.index.nprobe}-r{self.index.refine_factor}-{self.scheme}"
+        """What an answer depends on besides the model, for cache keys: "exact", or the index
+        type with K', nprobe and the refinement factor; the extras (calibration, feature map)
+        and the generation of added entities (an added entity can enter any answer)."""
+        extras = self.bundle.extras_fingerprint[:8]
+        base = EXACT if self.index is None else f"{self.index.kind}-c{self.candidates}-p{self.index.nprobe}-r{self.index.refine_factor}-{self.scheme}"
+        return f"{base}-x{extras}-g{self.view.generation}"
+
+    def set_added(self, ids: list[str], names: list[str], descriptions: list[str], rows: dict[str, Tensor]) -> None:
+        """Serve the bundle's entities plus these (rows[b]: (M, d) per branch), atomically.
+        An entity already served must keep its position (callers append, never reorder)."""
+        generation = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12] if ids else "0"
+        tables = {b: torch.cat([t, rows[b].to(t.dtype)]).contiguous() if len(ids) else t for b, t in self.base_tables.items()}
+        by_name: dict[str, int] = {}
+        for i, n in enumerate(names):
+            by_name.setdefault(n.strip().lower(), self.num_base + i)
+        # Lookups first, the view last: a lookup that finds a row the old view lacks is refused
+        # by resolve_entity's bound check until the view is swapped in.
+        self._added_index = {e: self.num_base + i for i, e in enumerate(ids)}
+        self._added_by_name = by_name
+        self.view = View(tables, tuple(ids), tuple(names), tuple(descriptions), generation)
 
     # ------------------------------------------------------------------ start-up
 
@@ -182,10 +232,23 @@ class Predictor:
         try:
             return self.bundle.entity(key)
         except UnknownNameError as exc:
+            hit = self._added_index.get(key, self._added_by_name.get(key.strip().lower()))
+            if hit is not None and hit < self.num_entities:
+                return hit
             raise NotFound(str(exc), field=field, suggestions=exc.suggestions) from exc
 
+    def is_known_id(self, key: str) -> bool:
+        """An entity id of the bundle or of an added entity."""
+        return key in self.bundle._entity_index or key in self._added_index
+
     def entity_info(self, e: int) -> dict[str, str]:
+        if e >= self.num_base:
+            v = self.view
+            return {"entity": v.added_ids[e - self.num_base], "name": v.added_names[e - self.num_base]}
         return {"entity": self.bundle.entity_ids[e], "name": self.bundle.entity_names[e]}
+
+    def entity_description(self, e: int) -> str:
+        return self.view.added_descriptions[e - self.num_base] if e >= self.num_base else self.bundle.entity_descriptions[e]
 
     def relation_info(self, r: int) -> dict[str, str]:
         return {"relation": self.bundle.relation_ids[r], "name": self.bundle.relation_names[r]}
@@ -195,10 +258,12 @@ class Predictor:
         return {"head": self.entity_info(q.entity), "relation": self.relation_info(q.relation), "direction": q.direction}
 
     def search_entities(self, text: str, limit: int) -> list[dict[str, str]]:
-        return [
-            {**self.entity_info(i), "description": self.bundle.entity_descriptions[i]}
-            for i in self.bundle.search_entities(text, limit)
-        ]
+        """The bundle's NameIndex search; added entities whose name or id contains the text
+        come first (few, and the ones a user who just added them looks for)."""
+        v, low = self.view, text.strip().lower()
+        added = [self.num_base + i for i, (e, n) in enumerate(zip(v.added_ids, v.added_names)) if low and (low in n.lower() or low in e.lower())]
+        hits = (added + self.bundle.search_entities(text, limit))[:limit]
+        return [{**self.entity_info(i), "description": self.entity_description(i)} for i in hits]
 
     # ------------------------------------------------------------------ scoring
 
@@ -206,18 +271,20 @@ class Predictor:
         return query_relation(q.relation, q.direction, self.num_relations)
 
     @torch.no_grad()
-    def _queries(self, entities: list[int], rels: list[int]) -> tuple[dict[str, Tensor], Tensor]:
+    def _queries(self, entities: list[int], rels: list[int], tables: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], Tensor]:
         """q_b for a batch: (B, d) each, and w(r): (B, nb)."""
         e = torch.tensor(entities, dtype=torch.long)
         r = torch.tensor(rels, dtype=torch.long)
-        q = self.model.query_vectors(e, r, self.tables)
+        q = self.model.query_vectors(e, r, self.tables if tables is None else tables)
         return q, self.model.decision_weights(r)
 
     def _known_rows(self, q: Query) -> np.ndarray:
+        if q.entity >= self.num_base:  # an added entity has no known facts
+            return np.empty(0, dtype=np.int64)
         return self.bundle.known.answers_of(q.entity, self._rel(q))
 
     @torch.no_grad()
-    def candidates_for(self, queries: list[Query], qv: dict[str, Tensor], w: Tensor, known: list[np.ndarray]) -> np.ndarray:
+    def candidates_for(self, queries: list[Query], qv: dict[str, Tensor], w: Tensor, known: list[np.ndarray], total: int | None = None) -> np.ndarray:
         """Candidate entity ids per query: (B, M), padded with -1.
 
         The union of 1 + num_branches searches of the one index: the weighted-logit surrogate
@@ -228,7 +295,8 @@ class Predictor:
         deep, and every search adds the query's known answers when they will be filtered, so
         filtering never leaves fewer than k results while candidates remain.
         """
-        n, nb = self.num_entities, len(self.branches)
+        n, nb = self.num_base, len(self.branches)
+        added = np.arange(self.num_base, total or self.num_entities, dtype=np.int64)  # scored exactly, always candidates
         searches = 1 if nb == 1 or self.scheme == "surrogate" else nb + 1
         share = -(-self.candidates // searches)
         # Each query's depths depend on that query alone (its k and its number of known
@@ -240,7 +308,7 @@ class Predictor:
         xq = torch.cat(blocks, dim=1).numpy()  # (B, nb * d)
         sur = self._search_by_depth(xq, depth_sur)
         if searches == 1:
-            return _pad(sur)
+            return _pad([np.concatenate([r[r >= 0], added]) for r in sur])
         d = qv[self.branches[0]].shape[1]
         b_count = len(queries)
         xq_branch = np.zeros((b_count * nb, nb * d), dtype=np.float32)
@@ -250,7 +318,7 @@ class Predictor:
         per = self._search_by_depth(xq_branch, depth_branch)
         rows = []
         for j in range(b_count):
-            r = np.unique(np.concatenate([sur[j], *per[j * nb:(j + 1) * nb]]))
+            r = np.unique(np.concatenate([sur[j], *per[j * nb:(j + 1) * nb], added]))
             rows.append(r[r >= 0])
         return _pad(rows)
 
@@ -273,12 +341,13 @@ class Predictor:
         bounded chunks, when there is no index)."""
         if not queries:
             return []
+        tables = self.view.tables  # one view for the whole batch, whatever is added meanwhile
         rels = [self._rel(q) for q in queries]
-        qv, w = self._queries([q.entity for q in queries], rels)
+        qv, w = self._queries([q.entity for q in queries], rels, tables)
         known = [self._known_rows(q) for q in queries]
-        if self.index is None or self.candidates >= self.num_entities:  # K' covers everything: score it all
-            return self._exhaustive(queries, qv, w, known)
-        ids = self.candidates_for(queries, qv, w, known)  # (B, M), -1 padded
+        if self.index is None or self.candidates >= self.num_base:  # K' covers everything: score it all
+            return self._exhaustive(queries, qv, w, known, tables)
+        ids = self.candidates_for(queries, qv, w, known, len(tables[self.branches[0]]))  # (B, M), -1 padded
         valid = ids >= 0
         cand = torch.from_numpy(np.where(valid, ids, 0))
         log_norm = None
@@ -286,8 +355,8 @@ class Predictor:
             # Softmax branches need each branch's normaliser over all N entities. Up to
             # EXACT_NORMALIZER_MAX entities it is computed exactly (the cost of one exhaustive
             # scoring pass, in chunks); above, the candidates' own sum stands in for it.
-            log_norm = self.model.log_normalizers(qv, self.tables)
-        _, p = self.model.rescore(qv, w, self.tables, cand, log_norm=log_norm)  # (B, M) exact fused probabilities
+            log_norm = self.model.log_normalizers(qv, tables)
+        _, p = self.model.rescore(qv, w, tables, cand, log_norm=log_norm)  # (B, M) exact fused probabilities
         p = p.numpy()
         out = []
         for i, q in enumerate(queries):
@@ -297,16 +366,16 @@ class Predictor:
             out.append([Ranked(int(ci[t.entity]), t.score, t.rank, t.known) for t in top])
         return out
 
-    def _exhaustive(self, queries: list[Query], qv: dict[str, Tensor], w: Tensor, known: list[np.ndarray]) -> list[list[Ranked]]:
+    def _exhaustive(self, queries: list[Query], qv: dict[str, Tensor], w: Tensor, known: list[np.ndarray], tables: dict[str, Tensor]) -> list[list[Ranked]]:
         """Score every entity for each query, a few queries at a time: the float64 (rows, N)
         probabilities of every branch exist for one chunk only, so a request's peak extra
         memory stays near EXHAUSTIVE_CHUNK_BYTES whatever its batch size."""
-        n, nb = self.num_entities, len(self.branches)
+        n, nb = len(tables[self.branches[0]]), len(self.branches)
         rows = max(1, EXHAUSTIVE_CHUNK_BYTES // (8 * n * (nb + 2)))  # nb branch terms + the sum + logits
         out: list[list[Ranked]] = []
         for start in range(0, len(queries), rows):
             sl = slice(start, start + rows)
-            _, p = self.model.rescore({b: v[sl] for b, v in qv.items()}, w[sl], self.tables, None)  # (rows, N)
+            _, p = self.model.rescore({b: v[sl] for b, v in qv.items()}, w[sl], tables, None)  # (rows, N)
             p = p.numpy()
             for i, q in enumerate(queries[sl]):
                 mask = np.zeros(n, dtype=bool)
@@ -321,20 +390,22 @@ class Predictor:
     @torch.no_grad()
     def predict_exhaustive(self, q: Query) -> list[Ranked]:
         """Score every entity with the full model (the slow, exact baseline), index or not."""
-        qv, w = self._queries([q.entity], [self._rel(q)])
-        return self._exhaustive([q], qv, w, [self._known_rows(q)])[0]
+        tables = self.view.tables
+        qv, w = self._queries([q.entity], [self._rel(q)], tables)
+        return self._exhaustive([q], qv, w, [self._known_rows(q)], tables)[0]
 
     @torch.no_grad()
     def _rank_of(self, q: Query, entity: int) -> Ranked:
         """Where `entity` stands in q's answer over all entities: 1 + the number of entities
         that /predict would list before it (known answers other than it left out when
         q.filter_known; ties broken by entity id, as top_k_with_filter does)."""
-        qv, w = self._queries([q.entity], [self._rel(q)])
-        _, p = self.model.rescore(qv, w, self.tables, None)
+        tables = self.view.tables
+        qv, w = self._queries([q.entity], [self._rel(q)], tables)
+        _, p = self.model.rescore(qv, w, tables, None)
         p = p[0].numpy()
-        known = np.zeros(self.num_entities, dtype=bool)
+        known = np.zeros(len(p), dtype=bool)
         known[self._known_rows(q)] = True
-        ahead = (p > p[entity]) | ((p == p[entity]) & (np.arange(self.num_entities) < entity))
+        ahead = (p > p[entity]) | ((p == p[entity]) & (np.arange(len(p)) < entity))
         if q.filter_known:
             ahead &= ~known
         return Ranked(entity, float(p[entity]), 1 + int(ahead.sum()), bool(known[entity]))
@@ -354,11 +425,12 @@ class Predictor:
         else:
             ranked = [self._rank_of(q, tail)]
         cand = torch.tensor([[c.entity for c in ranked]], dtype=torch.long)
-        qv, w = self._queries([q.entity], [rel])
+        tables = self.view.tables
+        qv, w = self._queries([q.entity], [rel], tables)
         weights = {b: float(w[0, i]) for i, b in enumerate(self.branches)}
         out = []
         # Each branch's logits against all entities, once, for the per-branch ranks.
-        all_logits = {b: (qv[b] @ self.tables[b].T)[0] for b in self.branches}  # (N,)
+        all_logits = {b: (qv[b] @ tables[b].T)[0] for b in self.branches}  # (N,)
         probs = self.model.branch_probabilities({b: v[None] for b, v in all_logits.items()})  # (1, N) each
         for j, c in enumerate(ranked):
             branches = {}
@@ -374,3 +446,105 @@ class Predictor:
             # to float rounding), so clients can check the decomposition exactly.
             out.append(Explained(c.entity, total, c.rank, c.known, branches))
         return weights, out
+
+    # ------------------------------------------------------------------ probabilities
+
+    @property
+    def calibrated(self) -> bool:
+        return self.bundle.calibration is not None
+
+    def probabilities(self, q: Query, scores: list[float]) -> list[float | None]:
+        """Calibrated probability that each (query, answer) triple holds (model.calibration),
+        None for every score when the bundle has no calibration."""
+        if self.bundle.calibration is None:
+            return [None] * len(scores)
+        return [float(x) for x in self.bundle.calibration.probability(np.asarray(scores, dtype=np.float64), self._rel(q))]
+
+    # ------------------------------------------------------------------ new entities
+
+    def check_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None, *, max_text: int) -> None:
+        """Validate a new entity before any work: InvalidRequest naming the field."""
+        fmap = self.bundle.feature_map
+        if fmap is None:
+            raise InvalidRequest("this bundle has no feature map for new entities (run: imf bundle extras BUNDLE)", field="name")
+        if "text" not in self.model.modalities:
+            raise InvalidRequest("this model has no text branch: new entities need one", field="description")
+        if not name.strip():
+            raise InvalidRequest("must not be empty or blank", field="name")
+        if len(name) + len(description) > max_text:
+            raise InvalidRequest(f"name and description together may have at most {max_text} characters", field="description")
+        if entity_id is not None:
+            if not entity_id.strip() or any(c in entity_id for c in "\t\n\r"):
+                raise InvalidRequest("must not be blank or contain tabs or newlines", field="id")
+            if self.is_known_id(entity_id):
+                raise InvalidRequest(f"entity id {entity_id!r} already exists", field="id")
+        if numeric:
+            if "numeric" not in self.model.modalities or not fmap.numeric_attributes:
+                raise InvalidRequest("this bundle takes no numeric attributes for new entities", field="numeric")
+            allowed = set(fmap.numeric_attributes)
+            for attr, value in numeric.items():
+                if attr not in allowed:
+                    from model.names import close_matches
+
+                    raise InvalidRequest(f"unknown numeric attribute {attr!r}; close: {close_matches(attr, fmap.numeric_attributes)}", field=f"numeric.{attr}")
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                    raise InvalidRequest(f"must be a finite number, got {value!r}", field=f"numeric.{attr}")
+
+    def encode_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None) -> dict:
+        """The persistent record of a new entity: its text embedded with the offline encoder
+        that built the text features (model.features; the `features` extra). Slow (the encoder)."""
+        from model.features import encode_texts, entity_text
+
+        text = entity_text(entity_id or "", name, description) or name
+        vec = encode_texts([text])[0].astype(np.float32)
+        return {
+            "id": entity_id or f"new/{uuid.uuid4().hex[:12]}",
+            "name": name.strip(),
+            "description": description.strip(),
+            "numeric": {k: float(v) for k, v in numeric.items()},
+            "text_vector": base64.b64encode(vec.tobytes()).decode("ascii"),
+            "model": self.bundle.fingerprint,
+        }
+
+    @torch.no_grad()
+    def rows_for(self, records: list[dict]) -> dict[str, Tensor]:
+        """Every branch's rows for new-entity records (model.inductive.FeatureMap.embed): (M, d)."""
+        fmap = self.bundle.feature_map
+        assert fmap is not None
+        m = len(records)
+        feats: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        for mod, dim in self.model.cfg.modalities.items():
+            feats[mod] = np.zeros((m, dim), dtype=np.float32)
+            present[mod] = np.zeros(m, dtype=bool)
+        for i, rec in enumerate(records):
+            feats["text"][i] = np.frombuffer(base64.b64decode(rec["text_vector"]), dtype=np.float32)
+            present["text"][i] = True
+            if rec.get("numeric") and "numeric" in feats:
+                feats["numeric"][i] = fmap.numeric_features(rec["numeric"])
+                present["numeric"][i] = True
+        return fmap.embed(self.model, feats, present)
+
+    def add_records(self, records: list[dict]) -> int:
+        """Serve these records (the store's full list) in addition to those already served:
+        records already served keep their place, new ones are appended. Returns how many were new."""
+        with self._add_lock:
+            return self._add_records(records)
+
+    def _add_records(self, records: list[dict]) -> int:
+        v = self.view
+        have = set(v.added_ids)
+        fresh = [r for r in records if r["id"] not in have and r["id"] not in self.bundle._entity_index and r.get("model") == self.bundle.fingerprint]
+        if not fresh:
+            return 0
+        old_rows = {b: t[self.num_base:] for b, t in v.tables.items()}
+        new_rows = self.rows_for(fresh)
+        rows = {b: torch.cat([old_rows[b], new_rows[b].to(old_rows[b].dtype)]) for b in self.branches}
+        self.set_added(
+            [*v.added_ids, *(r["id"] for r in fresh)],
+            [*v.added_names, *(r["name"] for r in fresh)],
+            [*v.added_descriptions, *(r["description"] for r in fresh)],
+            rows,
+        )
+        log.info("serving %d added entities (%d new)", len(self.view.added_ids), len(fresh))
+        return len(fresh)

@@ -6,6 +6,9 @@
       NotReady        503  the model or index is still loading, or failed to load
       Overloaded      503  too much queued work, or a request waited past its time limit
       Unauthorized    401  missing or wrong API key
+      Forbidden       403  a disabled capability (adding entities without IMF_ALLOW_NEW_ENTITIES)
+      Unsupported     501  the bundle or the install lacks what a request needs (feature map, encoder)
+      StoreUnavailable 503 the entity store (Redis) cannot be reached: nothing was added
 
 The engine raises these (or `model.errors.UnknownNameError`, which becomes NotFound) and never
 knows about HTTP status codes itself.
@@ -52,3 +55,19 @@ class Overloaded(ServiceError):
 class Unauthorized(ServiceError):
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+class Unsupported(ServiceError):
+    status = 501
+    code = "not_implemented"
+
+
+class StoreUnavailable(ServiceError):
+    status = 503
+    code = "store_unavailable"
+    retry_after = 2

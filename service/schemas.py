@@ -48,6 +48,7 @@ class Prediction(BaseModel):
     score: float = Field(description="fused decision-fusion probability p = sum_b w_b(r) P_b: P_b is branch b's softmax over all entities (cross-entropy models; scores of all entities sum to 1) or sigmoid(s_b) (BCE models)")
     rank: int
     known: bool = Field(description="the triple is already in the KG (train, valid or test)")
+    probability: float | None = Field(None, description="calibrated probability that the triple holds (model.calibration: fitted on the validation split for triples not yet in the KG); null when the bundle has no calibration")
 
 
 class PredictResponse(BaseModel):
@@ -112,3 +113,36 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class NewEntityRequest(_Strict):
+    name: str = Field(max_length=100_000, description="the entity's name (required, not blank)", examples=["Ada Lovelace"])
+    description: str = Field("", max_length=100_000, description="a sentence or two, encoded with the name like the training entities' texts", examples=["English mathematician and writer, known for her work on the Analytical Engine"])
+    numeric: dict[str, float] = Field(default_factory=dict, description="numeric attributes as in the training data (names from GET /info -> new_entities.numeric_attributes)")
+    id: str | None = Field(None, min_length=1, max_length=1000, description="a stable id; generated when omitted")
+
+
+class NewEntityResponse(BaseModel):
+    entity: str
+    name: str
+    description: str
+    added: int = Field(description="entities added so far to this model")
+
+
+class ScoreRequest(_Strict):
+    head: str = Field(min_length=1, max_length=1000, examples=["Barack Obama"])
+    relation: str = Field(min_length=1, max_length=1000, examples=["/people/person/nationality"])
+    tail: str = Field(min_length=1, max_length=1000, examples=["United States of America"])
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    head: EntityRef
+    relation: RelationRef
+    tail: EntityRef
+    score: float = Field(description="fused decision-fusion probability of the tail among all entities")
+    probability: float | None = Field(description="calibrated probability that the triple holds; null without a calibration")
+    rank: int = Field(description="the tail's rank among all entities for (head, relation, ?), known answers left in")
+    known: bool
+    weights: dict[str, float]
+    branches: dict[str, BranchPart]

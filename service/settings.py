@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, le=600, description="longest a request waits for its model job; then 503 + Retry-After (IMF_REQUEST_TIMEOUT_S)")
     keepalive_s: float = Field(30.0, gt=0, le=3600, description="idle keep-alive connections are closed after this long; above common clients' own expiry (httpx 5 s) so a client never reuses a connection the server is closing (IMF_KEEPALIVE_S)")
     shutdown_timeout_s: float = Field(10.0, gt=0, le=600, description="on SIGTERM: in-flight requests get this long to finish (IMF_SHUTDOWN_TIMEOUT_S)")
+    allow_new_entities: bool = Field(False, description="enable POST /entities: new entities from a name, description and numbers (IMF_ALLOW_NEW_ENTITIES)")
+    state_dir: Path = Field(Path("state"), description="writable folder for added entities when Redis is not configured; never inside the bundle (IMF_STATE_DIR)")
+    entity_sync_s: float = Field(1.0, gt=0, le=3600, description="how often a replica looks for entities added by others (IMF_ENTITY_SYNC_S)")
+    max_entity_text: int = Field(2000, ge=10, le=100_000, description="most characters of a new entity's name + description (IMF_MAX_ENTITY_TEXT)")
     save_index: bool = Field(True, description="write a built index into the bundle when writable (IMF_SAVE_INDEX)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="IMF_LOG_LEVEL")
 
@@ -63,6 +67,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.allow_new_entities and self.redis_url is None:
+            bundle, state = self.bundle.resolve(), self.state_dir.resolve()
+            if state == bundle or state.is_relative_to(bundle):
+                raise ValueError(f"IMF_STATE_DIR ({self.state_dir}) must not be inside the bundle ({self.bundle}): bundles are read-only")
         if self.max_k > self.candidates:
             raise ValueError(f"IMF_MAX_K ({self.max_k}) must not exceed IMF_CANDIDATES ({self.candidates})")
         return self

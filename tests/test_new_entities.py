@@ -1,0 +1,208 @@
+"""Bundle extras (calibration + feature map) and new entities: model.inductive, the engine's
+added-entity path (checked against exhaustive scoring), and the HTTP API with a real file
+store and a real Redis store shared by two app instances."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from model.bundle import CALIBRATION, FEATURE_MAP, compact_bundle, load_bundle
+from model.errors import BundleError
+from model.extras import fit_extras
+from model.features import _log_stats, normalise_numeric
+from model.inductive import FeatureMap, projected
+from service.app import create_app
+from service.engine import Predictor, Query
+from service.settings import Settings
+from tests.test_api import wait_ready
+from tests.test_cache import RedisServer, redis_server  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def extras_bundle(slice_bundle: Path, fb15k_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("extras") / "slice"
+    shutil.copytree(slice_bundle, out)
+    summary = fit_extras(out, dataset=fb15k_slice)
+    assert summary["calibration"]["method"] in ("identity", "platt", "platt-family", "isotonic-family")
+    return out
+
+
+def test_extras_are_verified_and_carried_by_compaction(extras_bundle: Path, tmp_path: Path) -> None:
+    b = load_bundle(extras_bundle)
+    assert b.calibration is not None and b.feature_map is not None
+    assert b.feature_map.variant in b.feature_map.report["check_valid_mrr"]
+    compact = compact_bundle(extras_bundle, tmp_path / "compact")
+    c = load_bundle(compact)
+    assert c.calibration is not None and c.feature_map is not None and c.extras_fingerprint == b.extras_fingerprint
+    bad = tmp_path / "bad"
+    shutil.copytree(extras_bundle, bad)
+    (bad / CALIBRATION).write_text((bad / CALIBRATION).read_text().replace('"method"', '"methoD"'))
+    with pytest.raises(BundleError, match=CALIBRATION):
+        load_bundle(bad)
+    (bad / CALIBRATION).unlink()
+    with pytest.raises(BundleError, match=CALIBRATION):
+        load_bundle(bad)
+    assert (extras_bundle / FEATURE_MAP).is_file()
+
+
+def test_numeric_features_of_a_new_entity_match_training_normalisation() -> None:
+    values = {"a": {"h": [1.8], "w": [70.0]}, "b": {"h": [1.6]}, "c": {"w": [1e6, 2e6]}}
+    attrs = ["h", "w"]
+    matrix, ids = normalise_numeric(values, ["a", "b", "c"], attrs)
+    raw = np.array([[1.8, 70.0], [1.6, 0.0], [0.0, 1.5e6]])
+    present = np.array([[True, True], [True, False], [False, True]])
+    mean, std = _log_stats(np.sign(raw) * np.log1p(np.abs(raw)), present)
+    fmap = FeatureMap("mean", np.zeros((1, 1)), np.zeros(1), numeric_attributes=attrs, numeric_mean=mean, numeric_std=std)
+    for i, key in enumerate(ids):
+        row = fmap.numeric_features({a: float(np.mean(v)) for a, v in values[key].items()})
+        np.testing.assert_allclose(row, matrix[i], rtol=1e-6, atol=1e-6)
+
+
+def test_embed_uses_the_models_own_projection(extras_bundle: Path, fb15k_slice: Path) -> None:
+    from model.data import load_dataset
+
+    b = load_bundle(extras_bundle)
+    ds = load_dataset(fb15k_slice)
+    model, fmap = b.model, b.feature_map
+    assert fmap is not None
+    ids = np.arange(5)
+    feats = {m: ds.features[m].matrix[ids] for m in model.modalities}
+    pres = {m: ds.features[m].present[ids] for m in model.modalities}
+    rows = fmap.embed(model, feats, pres, "mean")
+    for m in model.modalities:
+        torch.testing.assert_close(rows[m], projected(model, m, feats[m], pres[m]))
+    torch.testing.assert_close(rows["structure"][0], torch.from_numpy(fmap.structure_mean).float())
+    # the multimodal row is the model's fusion of the other rows, as for trained entities
+    fused = model.entity_fusion([rows["structure"], *(rows[m] for m in model.modalities)])
+    torch.testing.assert_close(rows["multimodal"], fused)
+
+
+def _record(p: Predictor, rng: np.random.Generator, key: str) -> dict:
+    import base64
+
+    vec = rng.normal(size=p.model.cfg.modalities["text"]).astype(np.float32)
+    vec /= np.linalg.norm(vec)
+    return {"id": key, "name": f"Added {key}", "description": "", "numeric": {}, "text_vector": base64.b64encode(vec.tobytes()).decode(), "model": p.bundle.fingerprint}
+
+
+def test_added_entities_retrieval_path_equals_exhaustive(extras_bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(extras_bundle, copy)
+    p = Predictor.load(copy, candidates=300, index_kind="flat", save_index=False)  # K' < N: the retrieval path
+    rng = np.random.default_rng(0)
+    before = p.retrieval
+    assert p.add_records([_record(p, rng, f"new/{i}") for i in range(3)]) == 3
+    assert p.retrieval != before  # cached answers of the old set are never served
+    assert p.add_records([_record(p, rng, "new/0")]) == 0  # same id: not added twice
+    n = p.num_base
+    assert p.num_entities == n + 3
+    for e in [0, 7, n, n + 2]:  # bundle entities and added ones as query heads
+        for direction in ("tail", "head"):
+            q = Query(entity=e, relation=1, direction=direction, k=10, filter_known=True)
+            fast = [(r.entity, round(r.score, 12)) for r in p.predict(q)]
+            slow = [(r.entity, round(r.score, 12)) for r in p.predict_exhaustive(q)]
+            assert fast == slow
+    # an added entity is a candidate answer: its rank in the exhaustive answer is finite
+    q = Query(entity=0, relation=1, direction="tail", k=5, filter_known=True)
+    _, (e,) = p.explain(q, n + 1)
+    assert e.entity == n + 1 and 1 <= e.rank <= n + 3
+    assert abs(sum(b["contribution"] for b in e.branches.values()) - e.score) < 1e-9
+
+
+@pytest.fixture()
+def new_client(extras_bundle: Path, tmp_path: Path) -> Iterator[tuple[TestClient, Settings]]:
+    settings = Settings(bundle=extras_bundle, save_index=False, allow_new_entities=True, state_dir=tmp_path / "state", entity_sync_s=0.2, max_k=50, candidates=60)
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        yield c, settings
+
+
+ADA = {"name": "Ada Lovelace", "description": "English mathematician and writer, known for her work on the Analytical Engine", "id": "new/ada"}
+
+
+def test_post_entities_then_query_restart_and_bad_input(new_client: tuple[TestClient, Settings]) -> None:
+    c, settings = new_client
+    rel = c.get("/relations").json()["relations"][0]["relation"]
+    r = c.post("/entities", json=ADA)
+    assert r.status_code == 201, r.text
+    assert r.json()["entity"] == "new/ada" and r.json()["added"] == 1
+    r = c.post("/predict", json={"head": "Ada Lovelace", "relation": rel, "k": 5})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 5
+    assert all(0 <= p["probability"] <= 1 for p in r.json()["predictions"])
+    assert c.get("/entities", params={"q": "lovelace"}).json()["entities"][0]["entity"] == "new/ada"
+    r = c.post("/explain", json={"head": c.get("/entities", params={"q": "a"}).json()["entities"][-1]["entity"], "relation": rel, "tail": "new/ada"})
+    assert r.status_code == 200 and r.json()["predictions"][0]["entity"] == "new/ada"
+    # bad input: 422 naming the field, nothing added
+    for body, field in [
+        ({"name": "  "}, "name"),
+        ({**ADA}, "id"),  # duplicate
+        ({"name": "X", "description": "y" * settings.max_entity_text}, "description"),
+        ({"name": "X", "numeric": {"people.person.height_meters": 1.8}}, "numeric"),  # this bundle has no numeric statistics
+        ({"name": "X", "id": "/m/" + "x" * 3 + "\t"}, "id"),
+    ]:
+        r = c.post("/entities", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["error"]["field"].startswith(field), r.json()
+    r = c.post("/entities", content=b'{"name": "X", "numeric": {"a": NaN}}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "numeric" in r.json()["error"]["field"]
+    assert c.get("/info").json()["new_entities"]["added"] == 1
+    # a restart on the same state folder serves it again, under the same id
+    with TestClient(create_app(settings)) as c2:
+        wait_ready(c2)
+        r = c2.post("/predict", json={"head": "new/ada", "relation": rel, "k": 3})
+        assert r.status_code == 200 and r.json()["query"]["head"]["name"] == "Ada Lovelace"
+
+
+def test_score_endpoint(new_client: tuple[TestClient, Settings], extras_bundle: Path) -> None:
+    c, _ = new_client
+    b = load_bundle(extras_bundle)
+    h, r, t = b.triples["train"][0].tolist()
+    body = {"head": b.entity_ids[h], "relation": b.relation_ids[r], "tail": b.entity_ids[t]}
+    s = c.post("/score", json=body).json()
+    assert s["known"] is True and s["rank"] >= 1
+    assert math.isclose(sum(x["contribution"] for x in s["branches"].values()), s["score"], rel_tol=1e-9)
+    assert b.calibration is not None
+    assert math.isclose(s["probability"], float(b.calibration.probability(s["score"], r)), rel_tol=1e-12)
+    assert c.post("/score", json={**body, "tail": "no such entity zz"}).status_code == 404
+
+
+def test_adding_is_forbidden_unless_enabled(extras_bundle: Path) -> None:
+    with TestClient(create_app(Settings(bundle=extras_bundle, save_index=False))) as c:
+        wait_ready(c)
+        r = c.post("/entities", json=ADA)
+        assert r.status_code == 403 and r.json()["error"]["type"] == "forbidden"
+
+
+def test_state_dir_inside_the_bundle_is_refused(extras_bundle: Path) -> None:
+    with pytest.raises(ValueError, match="IMF_STATE_DIR"):
+        Settings(bundle=extras_bundle, allow_new_entities=True, state_dir=extras_bundle / "state")
+
+
+@pytest.mark.redis
+def test_redis_store_is_shared_by_replicas(extras_bundle: Path, redis_server: RedisServer) -> None:
+    common = {"bundle": extras_bundle, "save_index": False, "allow_new_entities": True, "redis_url": redis_server.url, "entity_sync_s": 0.2}
+    with TestClient(create_app(Settings(**common))) as a, TestClient(create_app(Settings(**common))) as b:
+        wait_ready(a)
+        wait_ready(b)
+        rel = a.get("/relations").json()["relations"][0]["relation"]
+        before = b.post("/predict", json={"head": "/m/09c7w0", "relation": rel, "k": 3}).json()
+        assert a.post("/entities", json={**ADA, "id": "new/shared"}).status_code == 201
+        assert b.post("/entities", json={**ADA, "id": "new/shared"}).status_code == 422  # one id, one winner
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            r = b.post("/predict", json={"head": "new/shared", "relation": rel, "k": 3})
+            if r.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        after = b.post("/predict", json={"head": "/m/09c7w0", "relation": rel, "k": 3}).json()
+        assert before["cached"] is False and after["cached"] is False  # generation changed the key

@@ -13,4 +13,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     echo "test: redis-server is not installed; the Redis tests will be skipped (install it: apt-get install redis-server)" >&2
   fi
 fi
+# Headless Chromium + its driver for the explorer page's browser test (Debian's packages; no
+# browser download exists offline). Where it cannot be installed the test is skipped, saying why.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test: installing chromium and chromium-driver" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } >/dev/null || echo "test: chromium could not be installed; the browser test will be skipped" >&2
+  else
+    echo "test: chromium is not installed; the browser test will be skipped (apt-get install chromium chromium-driver)" >&2
+  fi
+fi
 exec .venv/bin/python -m pytest "$@"

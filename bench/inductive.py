@@ -134,6 +134,157 @@ def prepare(src: str, out: Path, count: int, seed: int) -> dict:
     return summary
 
 
+def _read_tsv(path: Path) -> list[list[str]]:
+    from model.textio import decode_field, records
+
+    return [[decode_field(c) for c in line.split("\t")] for _, line in records(path.read_text(encoding="utf-8"))]
+
+
+def add_through_api(bundle: Path, held: list[list[str]], state_dir: Path) -> dict:
+    """Start the real server with new entities enabled and POST every held-out entity (name and
+    description only); returns timing figures. The records land in state_dir."""
+    import time
+
+    import httpx
+
+    from bench.campaign import ServerProcess
+
+    server = ServerProcess(bundle, {"IMF_ALLOW_NEW_ENTITIES": "true", "IMF_STATE_DIR": str(state_dir), "IMF_SAVE_INDEX": "false"})
+    server.start(timeout=300)
+    times = []
+    try:
+        with httpx.Client(base_url=server.base, timeout=60) as client:
+            for key, name, desc in held:
+                t0 = time.perf_counter()
+                r = client.post("/entities", json={"id": key, "name": name, "description": desc})
+                times.append(time.perf_counter() - t0)
+                if r.status_code != 201:
+                    raise RuntimeError(f"POST /entities {key}: {r.status_code} {r.text}")
+            added = client.get("/info").json()["new_entities"]["added"]
+    finally:
+        server.stop()
+    return {"added": added, "post_p50_ms": 1000 * float(np.median(times)), "post_p99_ms": 1000 * float(np.percentile(times, 99))}
+
+
+def _ranks(scores, targets, known) -> np.ndarray:
+    import torch
+
+    from model.evaluate import filtered_ranks
+
+    return filtered_ranks(scores, torch.as_tensor(targets), known).numpy()
+
+
+def evaluate_inductive(work: Path, *, post: bool = True) -> dict:
+    """The figures of the module docstring (held-out model with API-added entities, seen model,
+    random ranker), plus every feature-map variant on the same added entities."""
+    import json as _json
+
+    import torch
+
+    from model.bundle import load_bundle
+    from model.evaluate import summarize
+    from model.extras import fit_extras
+    from model.imf import expected_random_mrr
+    from model.triples import query_relation
+    from service.engine import Predictor
+    from service.entities import FileStore
+
+    full = load_dataset("fb15k-237", with_features=False)
+    held = _read_tsv(work / "held_out.tsv")
+    held_ids = [h[0] for h in held]
+    heldout_bundle, seen_bundle = work / "heldout", work / "seen"
+    out: dict = {"summary": _json.loads((work / "summary.json").read_text())}
+    for b in (heldout_bundle, seen_bundle):
+        if "calibration.json" not in load_bundle(b).manifest["files"]:
+            fit_extras(b, dataset=work / "data" if b == heldout_bundle else "fb15k-237")
+    out["feature_map"] = load_bundle(heldout_bundle).manifest["extras"]["feature_map"]
+    state = work / "state"
+    if post:
+        if state.exists():
+            shutil.rmtree(state)
+        out["api"] = add_through_api(heldout_bundle, held, state)
+    p = Predictor.load(heldout_bundle, index_kind="exact", save_index=False)
+    records = [r for r in _json.loads("[" + ",".join(FileStore(state, p.bundle.fingerprint).path.read_text().split("\n")[:-1]) + "]")]
+    assert p.add_records(records) == len(held)
+    n_base, n_all = p.num_base, p.num_entities
+    index = {e: i for i, e in enumerate(p.bundle.entity_ids)}
+    index.update({e: n_base + i for i, e in enumerate(p.view.added_ids)})
+    rel_index = {r: i for i, r in enumerate(p.bundle.relation_ids)}
+    num_rel = p.num_relations
+    full_ids = [(full.entity_ids[h], full.relation_ids[r], full.entity_ids[t]) for h, r, t in full.all_triples()]
+    mapped = np.array([(index[h], rel_index[r], index[t]) for h, r, t in full_ids if h in index and t in index and r in rel_index])
+    from model.triples import AnswerIndex
+
+    known_all = AnswerIndex(mapped, n_all, num_rel)
+    ev = np.array([(index[h], rel_index[r], index[t]) for h, r, t in (line.split("\t") for line in (work / "eval.tsv").read_text().splitlines())])
+    is_new = np.zeros(n_all, dtype=bool)
+    is_new[n_base:] = True
+
+    def rank_all(tables: dict) -> dict[str, np.ndarray]:
+        res = {"new as head": [], "new as answer": []}
+        for direction in ("tail", "head"):
+            ents = ev[:, 0] if direction == "tail" else ev[:, 2]
+            tgts = ev[:, 2] if direction == "tail" else ev[:, 0]
+            rels = query_relation(ev[:, 1], direction, num_rel)
+            for start in range(0, len(ev), 256):
+                sl = slice(start, start + 256)
+                e, r = torch.from_numpy(ents[sl]), torch.from_numpy(rels[sl])
+                with torch.no_grad():
+                    qv = p.model.query_vectors(e, r, tables)
+                    w = p.model.decision_weights(r)
+                    _, scores = p.model.rescore(qv, w, tables, None)
+                ranks = _ranks(scores, tgts[sl], known_all.dense(ents[sl], rels[sl]))
+                for i, rk in enumerate(ranks):
+                    res["new as head" if is_new[ents[sl][i]] else "new as answer"].append(rk)
+        return {k: np.asarray(v) for k, v in res.items()}
+
+    def report(ranks: dict[str, np.ndarray]) -> dict:
+        both = np.concatenate(list(ranks.values()))
+        return {k: {m: v for m, v in summarize(r).items() if m in ("mrr", "hits@1", "hits@10", "count")} for k, r in {**ranks, "both": both}.items()}
+
+    out["api_added"] = report(rank_all(p.tables))
+    # the other variants of the feature map, same records, same text vectors
+    fmap = p.bundle.feature_map
+    feats = {m: np.zeros((len(records), dim), dtype=np.float32) for m, dim in p.model.cfg.modalities.items()}
+    pres = {m: np.zeros(len(records), dtype=bool) for m in p.model.cfg.modalities}
+    import base64
+
+    for i, rec in enumerate(records):
+        feats["text"][i] = np.frombuffer(base64.b64decode(rec["text_vector"]), dtype=np.float32)
+        pres["text"][i] = True
+    out["variants"] = {}
+    from model.inductive import VARIANTS
+
+    for variant in VARIANTS:
+        rows = fmap.embed(p.model, feats, pres, variant)
+        tables = {b: torch.cat([p.base_tables[b], rows[b]]) for b in p.branches}
+        out["variants"][variant] = report(rank_all(tables))["both"]
+    # the same triples, the same entities seen in training (same recipe)
+    seen = load_bundle(seen_bundle)
+    s_index = {e: i for i, e in enumerate(seen.entity_ids)}
+    s_rel = {r: i for i, r in enumerate(seen.relation_ids)}
+    ev_ids = [line.split("\t") for line in (work / "eval.tsv").read_text().splitlines()]
+    s_ev = np.array([(s_index[h], s_rel[r], s_index[t]) for h, r, t in ev_ids])
+    held_set = {s_index[h] for h in held_ids}
+    s_tables = seen.model.entity_tables()
+    res = {"new as head": [], "new as answer": []}
+    for direction in ("tail", "head"):
+        ents = s_ev[:, 0] if direction == "tail" else s_ev[:, 2]
+        tgts = s_ev[:, 2] if direction == "tail" else s_ev[:, 0]
+        rels = query_relation(s_ev[:, 1], direction, num_rel)
+        for start in range(0, len(s_ev), 256):
+            sl = slice(start, start + 256)
+            with torch.no_grad():
+                _, _, scores = seen.model.score_candidates(torch.from_numpy(ents[sl]), torch.from_numpy(rels[sl]), tables=s_tables)
+            ranks = _ranks(scores, tgts[sl], seen.known.dense(ents[sl], rels[sl]))
+            for i, rk in enumerate(ranks):
+                res["new as head" if ents[sl][i] in held_set else "new as answer"].append(rk)
+    out["seen_in_training"] = report({k: np.asarray(v) for k, v in res.items()})
+    out["random"] = {"mrr": expected_random_mrr(n_all), "hits@10": 10 / n_all}
+    out["models"] = {"heldout": load_bundle(heldout_bundle).manifest["metrics"]["valid"]["mrr"], "seen": seen.manifest["metrics"]["valid"]["mrr"]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -142,9 +293,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=WORK)
     p.add_argument("--count", type=int, default=HELD_OUT)
     p.add_argument("--seed", type=int, default=SEED)
+    e = sub.add_parser("evaluate", help="add the held-out entities through the API and rank their test triples")
+    e.add_argument("--work", type=Path, default=WORK)
+    e.add_argument("--json", type=Path, default=None, help="write the figures here")
+    e.add_argument("--no-post", action="store_true", help="reuse the entities an earlier run added")
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         print(json.dumps(prepare(args.dataset, args.out, args.count, args.seed), indent=2))
+    else:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        res = evaluate_inductive(args.work, post=not args.no_post)
+        text = json.dumps(res, indent=2)
+        print(text)
+        if args.json:
+            args.json.write_text(text + "\n", encoding="utf-8")
     return 0
 
 

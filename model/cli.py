@@ -74,6 +74,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--init-from", type=Path, default=None, help="continue training from this (full) bundle of the same model; --epochs counts all epochs")
+    p.add_argument("--no-extras", action="store_true", help="skip fitting the probability calibration and the new-entity feature map after training")
     p.add_argument("--compact", action="store_true", help="write a compact bundle: modality tables instead of raw features, int8 entity tables, float16 weights")
     p.add_argument("--report-test", action="store_true", help="after model selection, evaluate the selected model once on the test split and record it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -116,6 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         compact=args.compact,
         report_test=args.report_test,
+        extras=not args.no_extras,
         dim=args.dim,
         relation_dim=args.relation_dim or args.dim,
         fusion_rank=args.fusion_rank,

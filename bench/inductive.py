@@ -174,6 +174,27 @@ def _ranks(scores, targets, known) -> np.ndarray:
     return filtered_ranks(scores, torch.as_tensor(targets), known).numpy()
 
 
+def rank_directions(ev: np.ndarray, num_rel: int, scores, known, is_new) -> dict[str, np.ndarray]:
+    """Filtered ranks of the triples ev (n, 3) in both directions, split by whether the query
+    entity is new ("new as head") or the answer is ("new as answer"). scores(e, r) -> (B, N)."""
+    import torch
+
+    from model.triples import query_relation
+
+    res: dict[str, list] = {"new as head": [], "new as answer": []}
+    for direction in ("tail", "head"):
+        ents = ev[:, 0] if direction == "tail" else ev[:, 2]
+        tgts = ev[:, 2] if direction == "tail" else ev[:, 0]
+        rels = query_relation(ev[:, 1], direction, num_rel)
+        for start in range(0, len(ev), 256):
+            sl = slice(start, start + 256)
+            with torch.no_grad():
+                sc = scores(torch.from_numpy(ents[sl]), torch.from_numpy(rels[sl]))
+            for e, rk in zip(ents[sl], _ranks(sc, tgts[sl], known.dense(ents[sl], rels[sl]))):
+                res["new as head" if is_new(e) else "new as answer"].append(rk)
+    return {k: np.asarray(v) for k, v in res.items()}
+
+
 def evaluate_inductive(work: Path, *, post: bool = True) -> dict:
     """The figures of the module docstring (held-out model with API-added entities, seen model,
     random ranker), plus every feature-map variant on the same added entities."""
@@ -185,7 +206,6 @@ def evaluate_inductive(work: Path, *, post: bool = True) -> dict:
     from model.evaluate import summarize
     from model.extras import fit_extras
     from model.imf import expected_random_mrr
-    from model.triples import query_relation
     from service.engine import Predictor
     from service.entities import FileStore
 
@@ -221,22 +241,11 @@ def evaluate_inductive(work: Path, *, post: bool = True) -> dict:
     is_new[n_base:] = True
 
     def rank_all(tables: dict) -> dict[str, np.ndarray]:
-        res = {"new as head": [], "new as answer": []}
-        for direction in ("tail", "head"):
-            ents = ev[:, 0] if direction == "tail" else ev[:, 2]
-            tgts = ev[:, 2] if direction == "tail" else ev[:, 0]
-            rels = query_relation(ev[:, 1], direction, num_rel)
-            for start in range(0, len(ev), 256):
-                sl = slice(start, start + 256)
-                e, r = torch.from_numpy(ents[sl]), torch.from_numpy(rels[sl])
-                with torch.no_grad():
-                    qv = p.model.query_vectors(e, r, tables)
-                    w = p.model.decision_weights(r)
-                    _, scores = p.model.rescore(qv, w, tables, None)
-                ranks = _ranks(scores, tgts[sl], known_all.dense(ents[sl], rels[sl]))
-                for i, rk in enumerate(ranks):
-                    res["new as head" if is_new[ents[sl][i]] else "new as answer"].append(rk)
-        return {k: np.asarray(v) for k, v in res.items()}
+        def scores(e, r):
+            qv = p.model.query_vectors(e, r, tables)
+            return p.model.rescore(qv, p.model.decision_weights(r), tables, None)[1]
+
+        return rank_directions(ev, num_rel, scores, known_all, lambda e: is_new[e])
 
     def report(ranks: dict[str, np.ndarray]) -> dict:
         both = np.concatenate(list(ranks.values()))
@@ -267,19 +276,10 @@ def evaluate_inductive(work: Path, *, post: bool = True) -> dict:
     s_ev = np.array([(s_index[h], s_rel[r], s_index[t]) for h, r, t in ev_ids])
     held_set = {s_index[h] for h in held_ids}
     s_tables = seen.model.entity_tables()
-    res = {"new as head": [], "new as answer": []}
-    for direction in ("tail", "head"):
-        ents = s_ev[:, 0] if direction == "tail" else s_ev[:, 2]
-        tgts = s_ev[:, 2] if direction == "tail" else s_ev[:, 0]
-        rels = query_relation(s_ev[:, 1], direction, num_rel)
-        for start in range(0, len(s_ev), 256):
-            sl = slice(start, start + 256)
-            with torch.no_grad():
-                _, _, scores = seen.model.score_candidates(torch.from_numpy(ents[sl]), torch.from_numpy(rels[sl]), tables=s_tables)
-            ranks = _ranks(scores, tgts[sl], seen.known.dense(ents[sl], rels[sl]))
-            for i, rk in enumerate(ranks):
-                res["new as head" if ents[sl][i] in held_set else "new as answer"].append(rk)
-    out["seen_in_training"] = report({k: np.asarray(v) for k, v in res.items()})
+    held_mask = np.zeros(seen.num_entities, dtype=bool)
+    held_mask[list(held_set)] = True
+    res = rank_directions(s_ev, num_rel, lambda e, r: seen.model.score_candidates(e, r, tables=s_tables)[2], seen.known, lambda e: held_mask[e])
+    out["seen_in_training"] = report(res)
     out["random"] = {"mrr": expected_random_mrr(n_all), "hits@10": 10 / n_all}
     out["models"] = {"heldout": load_bundle(heldout_bundle).manifest["metrics"]["valid"]["mrr"], "seen": seen.manifest["metrics"]["valid"]["mrr"]}
     return out

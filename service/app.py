@@ -546,6 +546,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
                             await anyio.to_thread.run_sync(encode_texts, ["warm-up"])
                         except ImportError as exc:
                             log.warning("text encoder not installed (%s): POST /entities answers 501", exc)
+                        except Exception as exc:  # noqa: BLE001 - serving the bundle matters more
+                            log.warning("text encoder failed to load (%s: %s): POST /entities will try again", type(exc).__name__, exc)
                 state.predictor = predictor
                 metrics.ready.set(1)
                 metrics.startup.set(time.monotonic() - state.started_at)

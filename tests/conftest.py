@@ -94,3 +94,17 @@ def slice_bundle(fb15k_slice: Path, tmp_path_factory: pytest.TempPathFactory) ->
     result = train(TrainConfig(dataset=str(fb15k_slice), epochs=6, lr=0.01, seed=0, patience=100), ds, progress=False, dim=32, relation_dim=32)
     out = tmp_path_factory.mktemp("bundles") / "slice"
     return save_bundle(out, result.model, ds, training={"epochs": 6}, metrics={"valid": result.valid_metrics})
+
+
+@pytest.fixture(scope="session")
+def extras_bundle(slice_bundle: Path, fb15k_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """slice_bundle with its extras fitted (calibration + new-entity feature map)."""
+    import shutil
+
+    from model.extras import fit_extras
+
+    out = tmp_path_factory.mktemp("extras") / "slice"
+    shutil.copytree(slice_bundle, out)
+    summary = fit_extras(out, dataset=fb15k_slice)
+    assert summary["calibration"]["method"] in ("identity", "platt", "platt-family", "isotonic-family")
+    return out

@@ -148,15 +148,15 @@ def _report(config: pytest.Config, base: Path, report: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(slice_bundle: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(extras_bundle: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
     t0 = time.monotonic()
     env = _podman_env()
     prepare_s = round(time.monotonic() - t0, 1)
     project = f"imftest{uuid.uuid4().hex[:8]}"
     image = f"localhost/imf-serve:{project}"
     port = free_port()
-    model_dir = _readable_copy(slice_bundle, tmp_path_factory.mktemp("container") / "model")
-    env.update(IMF_IMAGE=image, IMF_PORT=str(port), IMF_MODEL_DIR=str(model_dir))
+    model_dir = _readable_copy(extras_bundle, tmp_path_factory.mktemp("container") / "model")
+    env.update(IMF_IMAGE=image, IMF_PORT=str(port), IMF_MODEL_DIR=str(model_dir), IMF_ALLOW_NEW_ENTITIES="true")
     s = Stack(project=project, image=image, base_url=f"http://127.0.0.1:{port}", env=env, model_dir=model_dir)
     s.report["prepare_s"] = prepare_s
 
@@ -207,9 +207,9 @@ def stack(slice_bundle: Path, tmp_path_factory: pytest.TempPathFactory, request:
 
 
 @pytest.fixture(scope="module")
-def query(slice_bundle: Path) -> dict:
+def query(extras_bundle: Path) -> dict:
     """A real query of the mounted model, by entity name (as a user would send it)."""
-    b = load_bundle(slice_bundle)
+    b = load_bundle(extras_bundle)
     h, r, t = b.triples["train"][0].tolist()
     return {"head": b.entity_names[h], "relation": b.relation_ids[r], "k": 5, "tail": b.entity_ids[t], "fingerprint": b.fingerprint}
 
@@ -276,7 +276,7 @@ def test_second_replica_shares_the_redis_cache(stack: Stack, query: dict) -> Non
         "podman", "run", "-d", "--name", name, "--network", f"{stack.project}_default", "--read-only", "--tmpfs", "/tmp",
         # the same retrieval settings as the stack's replica (IMF_INDEX=flat): cache keys name
         # them, so a replica with other settings rightly computes its own answers
-        "-e", "IMF_REDIS_URL=redis://redis:6379/0", "-e", "IMF_INDEX=flat", "-v", f"{stack.model_dir}:/models/default:ro",
+        "-e", "IMF_REDIS_URL=redis://redis:6379/0", "-e", "IMF_INDEX=flat", "-e", "IMF_ALLOW_NEW_ENTITIES=true", "-e", "IMF_ENTITY_SYNC_S=0.5", "-v", f"{stack.model_dir}:/models/default:ro",
         "-p", f"127.0.0.1:{port}:8000", stack.image,
     )
     try:
@@ -286,5 +286,19 @@ def test_second_replica_shares_the_redis_cache(stack: Stack, query: dict) -> Non
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             res = http.post("/predict", json=body).json()
         assert res["cached"] is True and res["model"] == query["fingerprint"]
+        # an entity added on the first replica (embedded by the image's text encoder) is
+        # served by the second one, through Redis
+        with httpx.Client(base_url=stack.base_url, timeout=120) as http:
+            r = http.post("/entities", json={"id": "new/ada", "name": "Ada Lovelace", "description": "English mathematician and writer"})
+            assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 30
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            while True:
+                res = http.post("/predict", json={"head": "new/ada", "relation": query["relation"], "k": 3})
+                if res.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        assert res.status_code == 200, res.text
+        assert res.json()["query"]["head"]["name"] == "Ada Lovelace"
     finally:
         stack.run("podman", "rm", "-f", "-t", "1", name, check=False)

@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 
 from model.bundle import CALIBRATION, FEATURE_MAP, compact_bundle, load_bundle
 from model.errors import BundleError
-from model.extras import fit_extras
 from model.features import _log_stats, normalise_numeric
 from model.inductive import FeatureMap, projected
 from service.app import create_app
@@ -25,15 +24,6 @@ from service.engine import Predictor, Query
 from service.settings import Settings
 from tests.test_api import wait_ready
 from tests.test_cache import RedisServer, redis_server  # noqa: F401 (fixture)
-
-
-@pytest.fixture(scope="module")
-def extras_bundle(slice_bundle: Path, fb15k_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("extras") / "slice"
-    shutil.copytree(slice_bundle, out)
-    summary = fit_extras(out, dataset=fb15k_slice)
-    assert summary["calibration"]["method"] in ("identity", "platt", "platt-family", "isotonic-family")
-    return out
 
 
 def test_extras_are_verified_and_carried_by_compaction(extras_bundle: Path, tmp_path: Path) -> None:

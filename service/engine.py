@@ -17,6 +17,11 @@ A query (e, r', k, filter):
 
 Searching K' plus the number of known answers means filtering can never leave fewer than k
 results while candidates remain; with K' >= N every entity is scored, without retrieval.
+
+Added entities (POST /entities; `add_records`): their rows (model.inductive, from the bundle's
+feature map) are appended to every branch table in a new `View`, swapped in whole; the FAISS
+index keeps the bundle's N entities and every added one is a candidate of every query (scored
+exactly). `retrieval`, part of every cache key, names the added set's generation.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def collect_samples(
         pos = truth.dense(ents, rels).numpy()
         known &= ~pos
         p_masked = np.where(known, -1.0, p)
-        top = np.argpartition(-p_masked, candidates - 1, axis=1)[:, :candidates]
+        k = min(candidates, n)  # a graph smaller than the cut-off: every entity
+        top = np.argpartition(-p_masked, k - 1, axis=1)[:, :k]
         for i in range(len(ents)):
             cand = top[i][~known[i, top[i]]]
             out_lp.append(np.log(np.maximum(p[i, cand], LOG_EPS)))

@@ -78,3 +78,18 @@ def test_relation_families_count_answers_per_query() -> None:
     assert fam[0] == 0 and fam[2] == 0  # 1-1 both ways (reciprocal of 0 is 2)
     assert fam[1] == 3  # 20 tails per query
     assert fam[3] == 0  # reciprocal: each tail has one head
+
+
+def test_extras_fit_on_a_graph_smaller_than_the_cut_off(tiny_dataset) -> None:
+    """6 entities, fewer than CANDIDATES: the samples are every entity, nothing fails."""
+    from model.bundle import load_bundle, save_bundle
+    from model.data import load_dataset
+    from model.extras import fit_extras
+    from model.train import TrainConfig, train
+
+    ds = load_dataset(tiny_dataset)
+    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, seed=0, patience=100), ds, progress=False, dim=8, relation_dim=8)
+    out = save_bundle(tiny_dataset.parent / "bundle", result.model, ds, training={}, metrics={})
+    fit_extras(out, dataset=tiny_dataset)
+    b = load_bundle(out)
+    assert b.calibration is not None and b.feature_map is not None

@@ -6,8 +6,8 @@ excluded) from bundle directories or from bench/quality.py result files, and dra
 two panels.
 
     python bench/learning_curves.py --out docs/learning-curves.png \\
-        "IMF, FB15k-237=runs/default-full" "TuckER, FB15k-237=runs/fb-structure" \\
-        bench/results/quality-db15k.json
+        "IMF, FB15k-237=artifacts/default" bench/results/quality-db15k.json \\
+        bench/results/quality-wn9-img.json --runs imf,structure-only
 
 An argument is LABEL=BUNDLE_DIR, or a bench/quality.py results JSON (each of its runs becomes
 a line, labelled "run, dataset"). Prints each curve as a table too.
@@ -20,8 +20,9 @@ import json
 from pathlib import Path
 
 
-def curves_from(arg: str) -> list[tuple[str, list[dict], str]]:
-    """(label, history, machine note) for one command-line argument."""
+def curves_from(arg: str, runs: set[str] | None = None) -> list[tuple[str, list[dict], str]]:
+    """(label, history, machine note) for one command-line argument; `runs` keeps only those
+    runs of a results JSON."""
     if "=" in arg and not arg.endswith(".json"):
         label, path = arg.split("=", 1)
         manifest = json.loads((Path(path) / "manifest.json").read_text())
@@ -29,7 +30,11 @@ def curves_from(arg: str) -> list[tuple[str, list[dict], str]]:
         return [(label, tr["history"], f"{tr.get('device', 'cpu')}, threads {tr.get('threads') or 'default'}")]
     data = json.loads(Path(arg).read_text())
     meta = data["meta"]
-    return [(f"{r['run']}, {meta['dataset']}", r["history"], meta.get("device_name", "")) for r in data["results"] if "history" in r]
+    return [
+        (f"{r['run']}, {meta['dataset']}", r["history"], meta.get("device_name", ""))
+        for r in data["results"]
+        if "history" in r and (runs is None or r["run"] in runs)
+    ]
 
 
 def main() -> int:
@@ -37,6 +42,7 @@ def main() -> int:
     ap.add_argument("sources", nargs="+")
     ap.add_argument("--out", type=Path, default=Path("docs/learning-curves.png"))
     ap.add_argument("--title", default="Validation MRR (filtered, early-stopping subset of valid) while training")
+    ap.add_argument("--runs", default=None, help="comma list: only these runs of the results JSONs (e.g. imf,structure-only)")
     args = ap.parse_args()
 
     import matplotlib
@@ -44,7 +50,8 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [c for s in args.sources for c in curves_from(s)]
+    runs = set(args.runs.split(",")) if args.runs else None
+    curves = [c for s in args.sources for c in curves_from(s, runs)]
     fig, (ax_e, ax_t) = plt.subplots(1, 2, figsize=(12, 4.8))
     for label, hist, machine in curves:
         pts = [h for h in hist if "valid_mrr" in h]
@@ -62,7 +69,7 @@ def main() -> int:
     for ax in (ax_e, ax_t):
         ax.set_ylabel("validation MRR")
         ax.grid(alpha=0.3)
-    ax_t.legend(fontsize=8, loc="lower right")
+    ax_t.legend(fontsize=8, loc="upper right")
     fig.suptitle(args.title, fontsize=11)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,9 @@ def run_specs(dataset: str) -> dict[str, list[str]]:
         "with-contrastive": ["--contrastive-weight", "0.1"],
         "equal-weights": ["--decision-fusion", "equal"],
         "bce": ["--loss", "bce"],
+        # cross-entropy weighted per training triple (the default) or per query (the earlier default)
+        "per-answer": ["--per-answer"],
+        "per-query": ["--per-query"],
         # batching: relation-grouped batches (the earlier default) against uniform ones
         "ce-grouped": ["--relation-groups", "8"],
         "bce-grouped": ["--loss", "bce", "--relation-groups", "8"],

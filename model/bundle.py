@@ -97,18 +97,21 @@ def _smallest_int(arr: np.ndarray) -> np.ndarray:
 
 def encode_state(state: dict[str, torch.Tensor], num_entities: int) -> tuple[dict[str, torch.Tensor], dict]:
     """A compact encoding of a state dict: every entity table (a float tensor of shape (N, d),
-    N = num_entities) as int8 with one float16 scale per row (symmetric, round to nearest),
-    every other float tensor as float16, integer and bool tensors unchanged.
+    N = num_entities) and every decoder core tensor W_b (d_r, d, d) as int8 with one float16
+    scale per row of the last dimension (symmetric, round to nearest), every other float tensor
+    as float16, integer and bool tensors unchanged.
 
     Returns (tensors, encoding); `decode_state(tensors, encoding)` inverts it up to rounding.
-    The int8 tables dominate a bundle's size: 4x smaller than float32.
+    The int8 tables and cores are nearly all of a bundle's size: 4x smaller than float32.
     """
     out: dict[str, torch.Tensor] = {}
     quantized = []
     for key, v in state.items():
         v = v.detach().cpu()
-        if v.is_floating_point() and v.dim() == 2 and v.shape[0] == num_entities:
-            scale = (v.abs().amax(dim=1, keepdim=True).float() / 127.0).clamp(min=1e-12)
+        table = v.dim() == 2 and v.shape[0] == num_entities
+        core = v.dim() == 3 and key.endswith(".core")
+        if v.is_floating_point() and (table or core):
+            scale = (v.abs().amax(dim=-1, keepdim=True).float() / 127.0).clamp(min=1e-12)
             out[key] = torch.round(v.float() / scale).clamp(-127, 127).to(torch.int8).contiguous()
             out[key + SCALE_SUFFIX] = scale.to(torch.float16).contiguous()
             quantized.append(key)

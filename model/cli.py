@@ -55,6 +55,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-decay", type=float, default=1.0, help="per-epoch multiplicative learning-rate decay")
     p.add_argument("--loss", choices=("ce", "bce"), default="ce", help="ce: per-branch softmax cross-entropy + their mixture; bce: the paper's binary cross-entropy")
     p.add_argument("--label-smoothing", type=_fraction, default=None, help="default: 0 for ce, 0.1 for bce")
+    weighting = p.add_mutually_exclusive_group()
+    weighting.add_argument("--per-answer", dest="per_answer", action="store_const", const=True, default=None,
+                           help="ce: weight each query by its number of answers, i.e. per-triple 1-vs-all cross-entropy (the default with ce)")
+    weighting.add_argument("--per-query", dest="per_answer", action="store_const", const=False,
+                           help="ce: weight every query alike (answers share one unit of target mass)")
     p.add_argument("--contrastive-weight", type=float, default=0.0, help="lambda; 0 disables the contrastive loss")
     p.add_argument("--temperature", type=float, default=0.1, help="tau of the contrastive loss")
     p.add_argument("--fusion-rank", type=_positive_int, default=2, help="Tucker rank R of the bilinear fusion")
@@ -73,7 +78,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--init-from", type=Path, default=None, help="continue training from this (full) bundle of the same model; --epochs counts all epochs")
+    p.add_argument("--init-from", type=Path, default=None, help="continue training from this bundle (full or compact) of the same model; --epochs counts all epochs; a larger --relation-dim than the bundle's widens its model (same scores to start with)")
     p.add_argument("--no-extras", action="store_true", help="skip fitting the probability calibration and the new-entity feature map after training")
     p.add_argument("--compact", action="store_true", help="write a compact bundle: modality tables instead of raw features, int8 entity tables, float16 weights")
     p.add_argument("--report-test", action="store_true", help="after model selection, evaluate the selected model once on the test split and record it")
@@ -97,6 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr_decay=args.lr_decay,
         loss=args.loss,
         label_smoothing=args.label_smoothing,
+        per_answer=args.per_answer,
         contrastive_weight=args.contrastive_weight,
         temperature=args.temperature,
         relation_groups=args.relation_groups,

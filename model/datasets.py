@@ -7,7 +7,10 @@ committed, so users never need the raw files; this module documents exactly how 
 Cleaning, always reported in `dataset.json` under "cleaning":
 - duplicate lines inside a split are dropped (raw DB15K repeats triples);
 - valid/test triples whose entity or relation never occurs in train are dropped (FB15k-237 has a
-  few; the usual practice, since a structure embedding cannot be learned for them).
+  few; the usual practice, since a structure embedding cannot be learned for them);
+- valid/test triples that are also training triples are dropped: a model would be scored (and,
+  on the validation split, selected) on memorising its training data. The zjukg DB15K split's
+  validation file is mostly such triples (6,584 of 7,477); FB15k-237 and WN9-IMG have none.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ class RawKG:
 
 
 def _clean(raw: RawKG) -> RawKG:
-    """Drop in-split duplicates and valid/test triples with entities/relations unseen in train."""
+    """Drop in-split duplicates, valid/test triples with entities/relations unseen in train, and
+    valid/test triples that are training triples."""
     for split, triples in raw.splits.items():
         seen: set[Triple] = set()
         kept = []
@@ -63,6 +67,11 @@ def _clean(raw: RawKG) -> RawKG:
         before = raw.splits[split]
         raw.splits[split] = [(h, r, t) for h, r, t in before if h in ents and t in ents and r in rels]
         raw.cleaning[f"{split}_unseen_in_train_dropped"] = len(before) - len(raw.splits[split])
+    train = set(raw.splits["train"])
+    for split in ("valid", "test"):
+        before = raw.splits[split]
+        raw.splits[split] = [t for t in before if t not in train]
+        raw.cleaning[f"{split}_in_train_dropped"] = len(before) - len(raw.splits[split])
     return raw
 
 

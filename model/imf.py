@@ -410,6 +410,49 @@ class IMF(nn.Module):
                 base = self.modality_embeddings(m)  # projection or missing vector, residual 0
                 self.residual[m].weight.copy_(getattr(compact, f"table_{m}").float() - base)
 
+    @torch.no_grad()
+    def widen_relations(self, src: IMF) -> None:
+        """Load `src`, the same model with a smaller relation size d_r, into this one (larger d_r)
+        so that both score exactly alike; the added relation dimensions then learn from there.
+
+        Function-preserving: every branch's core keeps src's slices W[:d_r_src] and gets zero
+        slices for the new relation dimensions, so whatever the new relation coordinates are,
+        M(r) = sum_i r_i W_i is unchanged. The new coordinates of the relation embeddings start
+        random (at the scale of the trained ones), which gives the zero slices a gradient from
+        the first step. The relation fusion (multimodal branch) reads the new input coordinates
+        through zero weights, so its old outputs are unchanged; its new outputs feed the zero
+        slices of the multimodal core. Everything else is copied as it is.
+        """
+        ignore = {"relation_dim", "input_dropout", "hidden_dropout1", "hidden_dropout2"}
+        mine, theirs = self.cfg.to_dict(), src.cfg.to_dict()
+        diff = sorted(k for k in mine if k not in ignore and mine[k] != theirs.get(k))
+        if diff:
+            raise ValueError("widening needs the same model apart from relation_dim; differs: " + ", ".join(diff))
+        old, new = src.cfg.relation_dim, self.cfg.relation_dim
+        if old > new:
+            raise ValueError(f"relation_dim can only grow ({old} -> {new})")
+        rank = self.cfg.fusion_rank
+        state = self.state_dict()  # views of this model's tensors: copy_ writes into them
+        for key, value in src.state_dict().items():
+            dst = state[key]
+            if dst.shape == value.shape:
+                dst.copy_(value)
+            elif key.startswith("relation.") and key.endswith(".weight"):  # (2R, d_r)
+                scale = value.float().std().clamp(min=1e-6) / dst[:, old:].float().std().clamp(min=1e-6)
+                dst[:, old:].mul_(scale)
+                dst[:, :old].copy_(value)
+            elif key.endswith(".core"):  # (d_r, d, d)
+                dst.zero_()
+                dst[:old].copy_(value)
+            elif key.startswith("relation_fusion.factors.") and key.endswith(".weight"):  # (R * d_r, d_r): rows (k, out)
+                view = dst.view(rank, new, new)
+                view[:, :, old:] = 0.0
+                view[:, :old, :old] = value.view(rank, old, old)
+            elif key.startswith("relation_fusion.factors.") and key.endswith(".bias"):  # (R * d_r,)
+                dst.view(rank, new)[:, :old] = value.view(rank, old)
+            else:
+                raise ValueError(f"cannot widen {key}: {tuple(value.shape)} -> {tuple(dst.shape)}")
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

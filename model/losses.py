@@ -127,6 +127,7 @@ def mixture_cross_entropy(
     positions: Tensor,
     answers: Tensor,
     smoothing: float = 0.0,
+    per_answer: bool = False,
 ) -> Tensor:
     """Per-branch 1-vs-all cross-entropy and the cross-entropy of their mixture, in one pass.
 
@@ -135,12 +136,19 @@ def mixture_cross_entropy(
     one). The target of row i is y_i = (1 - eps) * uniform over its answers + eps / N.
     Returns (nb + 1,): the mean over rows of -sum_t y_t log P_b(t), then of -sum_t y_t log p(t).
 
+    per_answer: weight each row by its number of answers (the mean over the P training triples
+    instead of over the B queries). That is the per-triple 1-vs-all cross-entropy (each triple
+    one example, its query's other answers left in the normaliser), computed once per query;
+    the evaluation also counts triples, so a query with many answers weighs as much as they do.
+
     Only the P answer entries of the mixture are needed when eps = 0 (log p at the answers), so
     the mixture costs O(P * nb) on top of the branches' logsumexp, not another pass over B x N.
     """
     b_rows = logits[0].shape[0]
     counts = torch.bincount(positions, minlength=b_rows).float()  # (B,) answers per row
-    pair_weight = (1.0 - smoothing) / counts[positions]  # (P,) target mass of each answer
+    # (B,) weight of each row's cross-entropy; they sum to B either way, so the loss scale stays.
+    row_weight = counts * (b_rows / counts.sum()) if per_answer else torch.ones_like(counts)
+    pair_weight = (1.0 - smoothing) * row_weight[positions] / counts[positions]  # (P,) target mass of each answer
     losses = []
     log_probs_at_answers = []  # (P,) per branch: log P_b(answer)
     lses = []
@@ -150,7 +158,7 @@ def mixture_cross_entropy(
         at = s[positions, answers] - lse[positions]  # (P,)
         ce = -(pair_weight * at).sum()
         if smoothing > 0:
-            ce = ce + smoothing * (lse - s.mean(dim=1)).sum()
+            ce = ce + smoothing * (row_weight * (lse - s.mean(dim=1))).sum()
         losses.append(ce / b_rows)
         log_probs_at_answers.append(at)
         lses.append(lse)
@@ -161,6 +169,6 @@ def mixture_cross_entropy(
     if smoothing > 0:
         # The uniform part needs log p at every entity: one (nb, B, N) logsumexp.
         full = torch.stack([lw[:, i:i + 1] + s.float() - lse[:, None] for i, (s, lse) in enumerate(zip(logits, lses, strict=True))])
-        mix = mix - smoothing * torch.logsumexp(full, dim=0).mean(dim=1).sum()
+        mix = mix - smoothing * (row_weight * torch.logsumexp(full, dim=0).mean(dim=1)).sum()
     losses.append(mix / b_rows)
     return torch.stack(losses)

@@ -476,6 +476,8 @@ class Predictor:
             raise InvalidRequest("this model has no text branch: new entities need one", field="description")
         if not name.strip():
             raise InvalidRequest("must not be empty or blank", field="name")
+        if len(name) > max_text:
+            raise InvalidRequest(f"may have at most {max_text} characters", field="name")
         if len(name) + len(description) > max_text:
             raise InvalidRequest(f"name and description together may have at most {max_text} characters", field="description")
         if entity_id is not None:

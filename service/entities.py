@@ -5,9 +5,13 @@ attributes, the text embedding, the model fingerprint). Records are kept per mod
 file name) carries the fingerprint, since an embedding belongs to the model that made it.
 
 - `FileStore`: one JSON-lines file in IMF_STATE_DIR, rewritten whole to a temporary name and
-  renamed on every addition (never half-written); a replica reads it at start.
+  renamed on every addition (never half-written), under an exclusive lock on a sibling lock
+  file, so two processes sharing the folder cannot lose each other's additions; a replica
+  reads it at start.
 - `RedisStore`: a hash id -> record (HSETNX: two replicas adding the same id cannot both win)
-  and a sequence number per record, so every replica serves them in the same order.
+  and a sequence number per record, read back in that order. A replica appends what it has not
+  served yet, so the order of rows can differ between replicas after concurrent additions;
+  answers do not depend on it (entities are addressed by id, every row is scored).
 
 `version()` is cheap (a file's mtime and size, or HLEN): the app polls it every
 IMF_ENTITY_SYNC_S and reloads when it changed, so an entity added on one replica is served by
@@ -16,6 +20,7 @@ the others within about that long.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -59,12 +64,20 @@ class FileStore:
         return self._read()
 
     async def add(self, record: dict) -> None:
-        records = self._read()
-        if any(r.get("id") == record["id"] for r in records):
-            raise DuplicateId(record["id"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = "".join(json.dumps(r) + "\n" for r in [*records, record])
-        atomic_write((self.path, lambda tmp: tmp.write_text(body, encoding="utf-8")))
+        # Read-modify-write under an exclusive lock held across processes (replicas sharing
+        # IMF_STATE_DIR): without it two additions at once would each rewrite the file
+        # without the other's record. The lock file is never replaced, so the lock is stable.
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                records = self._read()
+                if any(r.get("id") == record["id"] for r in records):
+                    raise DuplicateId(record["id"])
+                body = "".join(json.dumps(r) + "\n" for r in [*records, record])
+                atomic_write((self.path, lambda tmp: tmp.write_text(body, encoding="utf-8")))
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     async def version(self) -> str:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.calibration import Calibration, _fit_isotonic, _fit_platt, calibration_metrics, fit_calibration, fit_method, relation_families, Samples
+from model.calibration import Calibration, ECE_SLACK, _fit_isotonic, choose_method, _fit_platt, calibration_metrics, fit_calibration, fit_method, relation_families, Samples
 
 
 def test_platt_recovers_known_parameters() -> None:
@@ -93,3 +93,16 @@ def test_extras_fit_on_a_graph_smaller_than_the_cut_off(tiny_dataset) -> None:
     fit_extras(out, dataset=tiny_dataset)
     b = load_bundle(out)
     assert b.calibration is not None and b.feature_map is not None
+
+
+def test_choice_weighs_log_loss_and_ece() -> None:
+    report = {
+        "a": {"log_loss": 0.140, "ece": 0.0200},  # best log-loss, but reads off badly
+        "b": {"log_loss": 0.142, "ece": 0.0010},
+        "c": {"log_loss": 0.141, "ece": 0.0004 + ECE_SLACK},  # within the slack of d's ECE: eligible, better log-loss than b
+        "d": {"log_loss": 0.150, "ece": 0.0005},  # best ECE
+    }
+    assert choose_method(report) == "c"
+    report["c"]["ece"] += 2e-4  # now outside the slack
+    assert choose_method(report) == "b"
+    assert choose_method({"x": {"log_loss": 1.0, "ece": 0.3}}) == "x"

@@ -37,6 +37,36 @@ def test_builtin_datasets_load_with_their_recorded_counts(name: str) -> None:
     assert len(ds.fingerprint) == 64
 
 
+@pytest.mark.parametrize("name", BUILTIN_DATASETS)
+def test_builtin_evaluation_splits_share_no_triple_with_train(name: str) -> None:
+    """A validation or test triple that is also a training triple rewards memorising (and, on
+    the validation split, selects for it); the converters drop them."""
+    ds = load_dataset(name, with_features=False)
+    train = {tuple(t) for t in ds.train.tolist()}
+    for split in ("valid", "test"):
+        rows = getattr(ds, split)
+        assert len(rows) > 0
+        assert not any(tuple(t) in train for t in rows.tolist()), split
+
+
+def test_converter_drops_evaluation_triples_seen_in_train() -> None:
+    from model.datasets import RawKG, _clean
+
+    raw = RawKG(
+        name="x", description="", entity_names={}, entity_descriptions={}, relation_names={}, default_modalities=[], sources=[],
+        splits={
+            "train": [("a", "r", "b"), ("b", "r", "c")],
+            "valid": [("a", "r", "b"), ("a", "r", "c"), ("a", "r", "c")],
+            "test": [("b", "r", "c"), ("c", "r", "a"), ("a", "r", "z")],
+        },
+    )
+    out = _clean(raw)
+    assert out.splits["valid"] == [("a", "r", "c")]
+    assert out.splits["test"] == [("c", "r", "a")]
+    assert out.cleaning["valid_in_train_dropped"] == 1 and out.cleaning["valid_duplicates_dropped"] == 1
+    assert out.cleaning["test_in_train_dropped"] == 1 and out.cleaning["test_unseen_in_train_dropped"] == 1
+
+
 def test_readable_names_are_loaded() -> None:
     ds = load_dataset("fb15k-237")
     names = dict(zip(ds.entity_ids, ds.entity_names))

@@ -366,3 +366,37 @@ def test_decoder_dropconnect_masks_relation_matrix_entries() -> None:
     mask = torch.empty(1, 6, 6).bernoulli_(0.5).div_(0.5)[0]
     torch.testing.assert_close(out, x @ (torch.einsum("i,ijk->jk", rel[0], dec.core) * mask), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(out, full)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_widened_relations_score_alike_and_learn(seed: int, activation: str) -> None:
+    """A model widened to a larger d_r scores every query exactly as the source does, and its new
+    relation dimensions take part in learning (their core slices get a gradient)."""
+    small = make_model(seed, fusion_activation=activation)
+    with torch.no_grad():
+        for dec in small.decoders.values():
+            dec.core.normal_()
+    torch.manual_seed(seed + 50)
+    big = IMF(IMFConfig(**{**small.cfg.to_dict(), "relation_dim": 10}))
+    big.load_state_dict({k: v for k, v in small.state_dict().items() if k.startswith(("features_", "present_"))}, strict=False)
+    big.widen_relations(small)
+    big.eval()
+    heads, rels = torch.arange(0, 40, 4), torch.arange(10)
+    with torch.no_grad():
+        l1, w1, p1 = small.score_candidates(heads, rels)
+        l2, w2, p2 = big.score_candidates(heads, rels)
+    for b in small.branches:
+        torch.testing.assert_close(l2[b], l1[b], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(p2, p1)
+    assert big.relation[STRUCTURE].weight[:, 6:].abs().sum() > 0  # new coordinates are not all zero
+    big.train()
+    logits, _, _ = big(heads, rels)
+    sum(v.logsumexp(dim=1).sum() for v in logits.values()).backward()
+    for b in big.branches:
+        assert big.decoders[b].core.grad[6:].abs().sum() > 0, b
+    with pytest.raises(ValueError, match="only grow"):
+        small.widen_relations(big)
+    other = IMF(IMFConfig(**{**small.cfg.to_dict(), "relation_dim": 10, "dim": 8}))
+    with pytest.raises(ValueError, match="dim"):
+        other.widen_relations(small)

@@ -48,21 +48,24 @@ def test_fusion_bce_saturated_probabilities_do_not_explode() -> None:
     assert all(torch.isfinite(t.grad).all() for t in (*logits, w))
 
 
-def dense_mixture_reference(logits: list[torch.Tensor], weights: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+def dense_mixture_reference(logits: list[torch.Tensor], weights: torch.Tensor, labels: torch.Tensor, eps: float, per_answer: bool = False) -> torch.Tensor:
     """Textbook formulas on dense (B, N) matrices: y = (1 - eps) labels / |labels| + eps / N;
     per branch -sum y log softmax(s_b); mixture -sum y log sum_b w_b softmax(s_b)."""
     n = labels.shape[1]
     y = (1 - eps) * labels / labels.sum(dim=1, keepdim=True) + eps / n
-    branch = [-(y * torch.log_softmax(s, dim=1)).sum(dim=1).mean() for s in logits]
+    # per_answer: one example per training triple, (query, answer), each with the query's target
+    rows = labels.sum(dim=1) if per_answer else torch.ones(labels.shape[0], dtype=labels.dtype)
+    branch = [(-(y * torch.log_softmax(s, dim=1)).sum(dim=1) * rows).sum() / rows.sum() for s in logits]
     p = sum(weights[:, i:i + 1] * torch.softmax(s, dim=1) for i, s in enumerate(logits))
-    mix = -(y * torch.log(p)).sum(dim=1).mean()
+    mix = (-(y * torch.log(p)).sum(dim=1) * rows).sum() / rows.sum()
     return torch.stack([*branch, mix])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("nb", [1, 4])
 @pytest.mark.parametrize("eps", [0.0, 0.1])
-def test_mixture_cross_entropy_matches_dense_reference(seed: int, nb: int, eps: float) -> None:
+@pytest.mark.parametrize("per_answer", [False, True])
+def test_mixture_cross_entropy_matches_dense_reference(seed: int, nb: int, eps: float, per_answer: bool) -> None:
     g = torch.Generator().manual_seed(seed)
     B, N = 6, 17
     logits = [(torch.randn(B, N, generator=g, dtype=torch.float64) * 3).requires_grad_() for _ in range(nb)]
@@ -72,11 +75,11 @@ def test_mixture_cross_entropy_matches_dense_reference(seed: int, nb: int, eps: 
     pos, ans = torch.nonzero(labels, as_tuple=True)
     coeffs = torch.randn(nb + 1, generator=g, dtype=torch.float64)
 
-    got = mixture_cross_entropy(logits, torch.log_softmax(raw, dim=1), pos, ans, eps)
-    ref = dense_mixture_reference(logits, torch.softmax(raw, dim=1), labels.double(), eps)
+    got = mixture_cross_entropy(logits, torch.log_softmax(raw, dim=1), pos, ans, eps, per_answer)
+    ref = dense_mixture_reference(logits, torch.softmax(raw, dim=1), labels.double(), eps, per_answer)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
     g_got = torch.autograd.grad((got.double() * coeffs).sum(), [*logits, raw])
-    g_ref = torch.autograd.grad((dense_mixture_reference(logits, torch.softmax(raw, dim=1), labels.double(), eps) * coeffs).sum(), [*logits, raw])
+    g_ref = torch.autograd.grad((dense_mixture_reference(logits, torch.softmax(raw, dim=1), labels.double(), eps, per_answer) * coeffs).sum(), [*logits, raw])
     for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-6)
 

@@ -136,6 +136,7 @@ def test_post_entities_then_query_restart_and_bad_input(new_client: tuple[TestCl
         ({"name": "  "}, "name"),
         ({**ADA}, "id"),  # duplicate
         ({"name": "X", "description": "y" * settings.max_entity_text}, "description"),
+        ({"name": "x" * (settings.max_entity_text + 1)}, "name"),
         ({"name": "X", "numeric": {"people.person.height_meters": 1.8}}, "numeric"),  # this bundle has no numeric statistics
         ({"name": "X", "id": "/m/" + "x" * 3 + "\t"}, "id"),
     ]:
@@ -196,3 +197,27 @@ def test_redis_store_is_shared_by_replicas(extras_bundle: Path, redis_server: Re
         assert r.status_code == 200, r.text
         after = b.post("/predict", json={"head": "/m/09c7w0", "relation": rel, "k": 3}).json()
         assert before["cached"] is False and after["cached"] is False  # generation changed the key
+
+
+def _add_many(args: tuple[str, str, int]) -> None:
+    import asyncio
+
+    from service.entities import FileStore
+
+    folder, prefix, count = args
+    store = FileStore(Path(folder), "f" * 64)
+    for i in range(count):
+        asyncio.run(store.add({"id": f"{prefix}/{i}", "name": f"{prefix} {i}"}))
+
+
+def test_file_store_keeps_every_addition_of_concurrent_processes(tmp_path: Path) -> None:
+    """Replicas sharing IMF_STATE_DIR add at the same time: none of their records is lost."""
+    import asyncio
+    import multiprocessing
+
+    from service.entities import FileStore
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_add_many, [(str(tmp_path), f"p{k}", 15) for k in range(4)])
+    records = asyncio.run(FileStore(tmp_path, "f" * 64).load())
+    assert sorted(r["id"] for r in records) == sorted(f"p{k}/{i}" for k in range(4) for i in range(15))

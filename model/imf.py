@@ -41,6 +41,10 @@ MULTIMODAL = "multimodal"
 FUSED = "fused"  # name of the decision-fusion output in metrics
 
 
+# IMFConfig fields that act only while training: a continued or widened run may change them.
+TRAINING_ONLY_FIELDS = ("input_dropout", "hidden_dropout1", "hidden_dropout2")
+
+
 @dataclass
 class IMFConfig:
     """Everything needed to rebuild the model from a bundle (stored in its manifest)."""
@@ -423,7 +427,7 @@ class IMF(nn.Module):
         through zero weights, so its old outputs are unchanged; its new outputs feed the zero
         slices of the multimodal core. Everything else is copied as it is.
         """
-        ignore = {"relation_dim", "input_dropout", "hidden_dropout1", "hidden_dropout2"}
+        ignore = {"relation_dim", *TRAINING_ONLY_FIELDS}
         mine, theirs = self.cfg.to_dict(), src.cfg.to_dict()
         diff = sorted(k for k in mine if k not in ignore and mine[k] != theirs.get(k))
         if diff:
@@ -468,5 +472,6 @@ __all__ = [
     "IMFConfig",
     "MULTIMODAL",
     "STRUCTURE",
+    "TRAINING_ONLY_FIELDS",
     "expected_random_mrr",
 ]

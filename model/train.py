@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from model.data import KGDataset, load_dataset
 from model.evaluate import evaluate
-from model.imf import IMF, STRUCTURE, IMFConfig
+from model.imf import IMF, STRUCTURE, TRAINING_ONLY_FIELDS, IMFConfig
 from model.errors import TrainingDiverged
 from model.losses import contrastive_loss, fusion_bce, mixture_cross_entropy, smoothed_targets
 from model.triples import AnswerIndex
@@ -371,7 +371,7 @@ def _continue_from(path: str, model: IMF) -> tuple[list[dict], int, float, float
     # compact bundle is expanded against this run's features (IMF.load_compacted).
     # A larger relation size d_r than the bundle's widens it (IMF.widen_relations: the same
     # scores, more capacity to learn with).
-    training_only = ("input_dropout", "hidden_dropout1", "hidden_dropout2", "stored_tables")
+    training_only = (*TRAINING_ONLY_FIELDS, "stored_tables")
     mine, theirs = model.cfg.to_dict(), bundle.model.cfg.to_dict()
     diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v and k not in training_only}
     widen = "relation_dim" in diff and diff["relation_dim"][0] < diff["relation_dim"][1]

@@ -428,8 +428,6 @@ def build_router() -> APIRouter:
     async def add_entity(body: NewEntityRequest, state: StateDep, p: PredictorDep) -> dict:
         if not state.settings.allow_new_entities or state.store is None:
             raise Forbidden("adding entities is disabled on this server (set IMF_ALLOW_NEW_ENTITIES=true)")
-        if p.bundle.feature_map is None:
-            raise Unsupported("this bundle has no feature map for new entities (run: imf bundle extras BUNDLE)")
         p.check_new_entity(body.name, body.description, body.numeric, body.id, max_text=state.settings.max_entity_text)
         try:
             record = await state.run(p.encode_new_entity, body.name, body.description, body.numeric, body.id)

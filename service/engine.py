@@ -44,7 +44,7 @@ from model.bundle import Bundle, load_bundle
 from model.errors import UnknownNameError
 from model.imf import IMF
 from model.predict import DIRECTIONS, query_relation, top_k_with_filter
-from service.errors import InvalidRequest, NotFound
+from service.errors import InvalidRequest, NotFound, Unsupported
 from service.index import EXACT, INDEX_DIR, CandidateIndex, resolve_kind
 
 log = logging.getLogger(__name__)
@@ -471,7 +471,7 @@ class Predictor:
         """Validate a new entity before any work: InvalidRequest naming the field."""
         fmap = self.bundle.feature_map
         if fmap is None:
-            raise InvalidRequest("this bundle has no feature map for new entities (run: imf bundle extras BUNDLE)", field="name")
+            raise Unsupported("this bundle has no feature map for new entities (run: imf bundle extras BUNDLE)")
         if "text" not in self.model.modalities:
             raise InvalidRequest("this model has no text branch: new entities need one", field="description")
         if not name.strip():

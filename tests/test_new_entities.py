@@ -221,3 +221,13 @@ def test_file_store_keeps_every_addition_of_concurrent_processes(tmp_path: Path)
         pool.map(_add_many, [(str(tmp_path), f"p{k}", 15) for k in range(4)])
     records = asyncio.run(FileStore(tmp_path, "f" * 64).load())
     assert sorted(r["id"] for r in records) == sorted(f"p{k}/{i}" for k in range(4) for i in range(15))
+
+
+def test_bundle_without_feature_map_answers_501_and_adds_nothing(slice_bundle: Path, tmp_path: Path) -> None:
+    settings = Settings(bundle=slice_bundle, save_index=False, allow_new_entities=True, state_dir=tmp_path)
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        r = c.post("/entities", json=ADA)
+        assert r.status_code == 501 and "feature map" in r.json()["error"]["message"], r.text
+        assert c.get("/entities", params={"q": "lovelace"}).json()["entities"] == []
+    assert not list(tmp_path.glob("entities-*.jsonl"))

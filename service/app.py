@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,6 +353,22 @@ async def _cached_predictions(state: AppState, p: Predictor, queries: list[Engin
     return [r for r in results if r is not None]
 
 
+@asynccontextmanager
+async def _store_errors(what: str) -> AsyncIterator[None]:
+    """Entity-store failures (a full disk, Redis down or slow) become 503 with nothing added;
+    the server log keeps the cause."""
+    try:
+        yield
+    except (OSError, ConnectionError, TimeoutError) as exc:  # redis errors subclass ConnectionError / TimeoutError
+        log.error("entity store: %s", exc)
+        raise StoreUnavailable(f"the entity store cannot be {what} now; nothing was added") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("redis"):
+            log.error("entity store: %s", exc)
+            raise StoreUnavailable(f"the entity store cannot be {what} now; nothing was added") from None
+        raise
+
+
 def build_router() -> APIRouter:
     api = APIRouter()
     responses = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
@@ -423,33 +439,53 @@ def build_router() -> APIRouter:
 
         return await state.run(work)
 
-    @api.post("/entities", response_model=NewEntityResponse, status_code=201, responses={**responses, 403: {"model": ErrorResponse}, 501: {"model": ErrorResponse}},
+    @api.post("/entities", response_model=NewEntityResponse, status_code=201,
+              responses={**responses, 200: {"model": NewEntityResponse, "description": "this id was already added with the same name, description and numbers (a retried request): that entity, nothing new stored"},
+                         403: {"model": ErrorResponse}, 501: {"model": ErrorResponse}},
               summary="Add an entity from its name, description and numbers (no retraining); usable at once as a query and an answer")
-    async def add_entity(body: NewEntityRequest, state: StateDep, p: PredictorDep) -> dict:
+    async def add_entity(body: NewEntityRequest, state: StateDep, p: PredictorDep, response: Response) -> dict:
         if not state.settings.allow_new_entities or state.store is None:
             raise Forbidden("adding entities is disabled on this server (set IMF_ALLOW_NEW_ENTITIES=true)")
+        store = state.store
         p.check_new_entity(body.name, body.description, body.numeric, body.id, max_text=state.settings.max_entity_text)
+
+        async def replayed() -> dict | None:
+            """The entity if body.id is stored already: a retry of the request that stored it
+            (answered 200 with it, and served here if the sync has not done so yet), or a
+            different entity under that id (422)."""
+            async with _store_errors("read"):
+                stored = next((r for r in await store.load() if r.get("id") == body.id and r.get("model") == p.bundle.fingerprint), None)
+            if stored is None:
+                return None
+            if not p.same_entity(stored, body.name, body.description, body.numeric):
+                raise InvalidRequest(f"entity id {body.id!r} already exists with a different name, description or numeric attributes", field="id")
+            await state.run(p.add_records, [stored])
+            response.status_code = 200
+            return added(stored["id"])
+
+        def added(key: str) -> dict:
+            e = p.resolve_entity(key, field="id")
+            return {**p.entity_info(e), "description": p.entity_description(e), "added": len(p.view.added_ids)}
+
+        if body.id is not None and p.is_known_id(body.id) and (again := await replayed()) is not None:
+            return again
         try:
             record = await state.run(p.encode_new_entity, body.name, body.description, body.numeric, body.id)
         except ImportError as exc:
             log.error("text encoder unavailable: %s", exc)
             raise Unsupported("the offline text encoder is not installed on this server (pip install '.[features]')") from None
         try:
-            await state.store.add(record)
+            async with _store_errors("written"):
+                await store.add(record)
         except DuplicateId:
+            # Stored already, by an earlier try of this request (timed out after the write) or by
+            # another request at the same moment.
+            if (again := await replayed()) is not None:
+                return again
             raise InvalidRequest(f"entity id {record['id']!r} already exists", field="id") from None
-        except (OSError, ConnectionError, TimeoutError) as exc:  # redis errors subclass ConnectionError / TimeoutError
-            log.error("entity store: %s", exc)
-            raise StoreUnavailable("the entity store cannot be written now; nothing was added") from None
-        except Exception as exc:
-            if type(exc).__module__.startswith("redis"):
-                log.error("entity store: %s", exc)
-                raise StoreUnavailable("the entity store cannot be written now; nothing was added") from None
-            raise
         # Stored: serve it here at once; the other replicas pick it up from the store.
         await state.run(p.add_records, [record])
-        e = p.resolve_entity(record["id"], field="id")
-        return {**p.entity_info(e), "description": p.entity_description(e), "added": len(p.view.added_ids)}
+        return added(record["id"])
 
     @api.get("/relations", summary="Every relation: id and name")
     async def relations(p: PredictorDep) -> dict:

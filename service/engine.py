@@ -483,8 +483,10 @@ class Predictor:
         if entity_id is not None:
             if not entity_id.strip() or any(c in entity_id for c in "\t\n\r"):
                 raise InvalidRequest("must not be blank or contain tabs or newlines", field="id")
-            if self.is_known_id(entity_id):
-                raise InvalidRequest(f"entity id {entity_id!r} already exists", field="id")
+            if entity_id in self.bundle._entity_index:
+                raise InvalidRequest(f"entity id {entity_id!r} is an entity of the model", field="id")
+            # An id already added is checked against the store by the caller (same_entity): a
+            # retried request is answered with the entity it added, a different one is refused.
         if numeric:
             if "numeric" not in self.model.modalities or not fmap.numeric_attributes:
                 raise InvalidRequest("this bundle takes no numeric attributes for new entities", field="numeric")
@@ -496,6 +498,17 @@ class Predictor:
                     raise InvalidRequest(f"unknown numeric attribute {attr!r}; close: {close_matches(attr, fmap.numeric_attributes)}", field=f"numeric.{attr}")
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                     raise InvalidRequest(f"must be a finite number, got {value!r}", field=f"numeric.{attr}")
+
+    @staticmethod
+    def same_entity(record: dict, name: str, description: str, numeric: dict[str, float]) -> bool:
+        """Whether a stored record is what this request would store (encode_new_entity's
+        normalisation): the same name, description and numeric attributes. A retried POST (the
+        client timed out after the record was stored) is then answered with that entity."""
+        return (
+            record.get("name") == name.strip()
+            and record.get("description") == description.strip()
+            and (record.get("numeric") or {}) == {k: float(v) for k, v in numeric.items()}
+        )
 
     def encode_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None) -> dict:
         """The persistent record of a new entity: its text embedded with the offline encoder

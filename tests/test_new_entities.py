@@ -134,7 +134,8 @@ def test_post_entities_then_query_restart_and_bad_input(new_client: tuple[TestCl
     # bad input: 422 naming the field, nothing added
     for body, field in [
         ({"name": "  "}, "name"),
-        ({**ADA}, "id"),  # duplicate
+        ({**ADA, "description": "someone else"}, "id"),  # the id is taken by a different entity
+        ({"name": "X", "id": "/m/09c7w0"}, "id"),  # an entity of the model
         ({"name": "X", "description": "y" * settings.max_entity_text}, "description"),
         ({"name": "x" * (settings.max_entity_text + 1)}, "name"),
         ({"name": "X", "numeric": {"people.person.height_meters": 1.8}}, "numeric"),  # this bundle has no numeric statistics
@@ -146,11 +147,42 @@ def test_post_entities_then_query_restart_and_bad_input(new_client: tuple[TestCl
     r = c.post("/entities", content=b'{"name": "X", "numeric": {"a": NaN}}', headers={"content-type": "application/json"})
     assert r.status_code == 422 and "numeric" in r.json()["error"]["field"]
     assert c.get("/info").json()["new_entities"]["added"] == 1
+    # the same request again (a client retrying after a timeout): the entity it added, 200, nothing new
+    r = c.post("/entities", json=ADA)
+    assert r.status_code == 200 and r.json() == {**r.json(), "entity": "new/ada", "added": 1}, r.text
+    assert c.get("/info").json()["new_entities"]["added"] == 1
     # a restart on the same state folder serves it again, under the same id
     with TestClient(create_app(settings)) as c2:
         wait_ready(c2)
         r = c2.post("/predict", json={"head": "new/ada", "relation": rel, "k": 3})
         assert r.status_code == 200 and r.json()["query"]["head"]["name"] == "Ada Lovelace"
+
+
+def test_retry_after_the_store_write_serves_the_stored_entity(extras_bundle: Path, tmp_path: Path) -> None:
+    """A request that stored its record but timed out before serving it is retried: the retry
+    finds the record (DuplicateId from the store), answers 200 with it and serves it at once,
+    without waiting for the periodic sync (an hour here) and without a second record."""
+    import asyncio
+
+    from service.entities import FileStore
+
+    settings = Settings(bundle=extras_bundle, save_index=False, allow_new_entities=True, state_dir=tmp_path / "state", entity_sync_s=3600)
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        p = c.app.state.imf.predictor  # type: ignore[attr-defined]
+        body = {**ADA, "id": "new/retried"}
+        record = p.encode_new_entity(body["name"], body["description"], {}, body["id"])
+        store = FileStore(settings.state_dir, p.bundle.fingerprint)
+        asyncio.run(store.add(record))  # what the first, timed-out try had written
+        assert c.get("/entities", params={"q": "new/retried"}).json()["entities"] == []  # not served yet
+        r = c.post("/entities", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["entity"] == "new/retried" and r.json()["added"] == 1
+        assert c.post("/predict", json={"head": "new/retried", "relation": c.get("/relations").json()["relations"][0]["relation"], "k": 3}).status_code == 200
+        assert len(asyncio.run(store.load())) == 1
+        r = c.post("/entities", json={**body, "description": "a different entity"})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "id"
+        assert len(asyncio.run(store.load())) == 1
 
 
 def test_score_endpoint(new_client: tuple[TestClient, Settings], extras_bundle: Path) -> None:
@@ -187,7 +219,8 @@ def test_redis_store_is_shared_by_replicas(extras_bundle: Path, redis_server: Re
         rel = a.get("/relations").json()["relations"][0]["relation"]
         before = b.post("/predict", json={"head": "/m/09c7w0", "relation": rel, "k": 3}).json()
         assert a.post("/entities", json={**ADA, "id": "new/shared"}).status_code == 201
-        assert b.post("/entities", json={**ADA, "id": "new/shared"}).status_code == 422  # one id, one winner
+        # one id, one record: another entity under it is refused
+        assert b.post("/entities", json={**ADA, "id": "new/shared", "name": "Ada Byron"}).status_code == 422
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             r = b.post("/predict", json={"head": "new/shared", "relation": rel, "k": 3})
@@ -195,6 +228,9 @@ def test_redis_store_is_shared_by_replicas(extras_bundle: Path, redis_server: Re
                 break
             time.sleep(0.1)
         assert r.status_code == 200, r.text
+        # the same request through the other replica (a retry) is answered with the stored entity
+        r = b.post("/entities", json={**ADA, "id": "new/shared"})
+        assert r.status_code == 200 and r.json()["entity"] == "new/shared", r.text
         after = b.post("/predict", json={"head": "/m/09c7w0", "relation": rel, "k": 3}).json()
         assert before["cached"] is False and after["cached"] is False  # generation changed the key
 

@@ -131,3 +131,42 @@ def test_explorer_page_in_a_real_browser(server: ServerProcess, browser, tmp_pat
     browser.find_element(By.ID, "ask").click()
     err = wait.until(ec.visibility_of_element_located((By.ID, "error")))
     assert "Barack Obama" in err.text  # the suggestion
+
+
+def test_explorer_waits_for_a_server_still_loading(browser) -> None:
+    """The page opened while the model loads says so (503) and comes up by itself once ready:
+    a real uvicorn server whose loader waits for the test's signal."""
+    import threading
+
+    import uvicorn
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from bench.campaign import free_port
+    from service.app import create_app, default_loader
+    from service.settings import Settings
+
+    gate = threading.Event()
+
+    def loader(settings: Settings):
+        gate.wait(120)
+        return default_loader(settings)
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(bundle=BUNDLE, save_index=False), loader=loader), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda _: server.started)
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait.until(lambda d: "not ready" in d.find_element(By.ID, "error").text)
+        assert "retries by itself" in browser.find_element(By.ID, "error").text
+        assert len(Select(browser.find_element(By.ID, "relation")).options) == 1  # "loading…"
+        gate.set()
+        wait.until(lambda d: len(Select(d.find_element(By.ID, "relation")).options) > 200)
+        assert not browser.find_element(By.ID, "error").is_displayed()
+    finally:
+        gate.set()
+        server.should_exit = True
+        thread.join(30)

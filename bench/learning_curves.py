@@ -2,8 +2,9 @@
 
 Reads the training history that every bundle's manifest keeps (per epoch: the validation MRR on
 the early-stopping subset of the validation split, and the training seconds so far, validation
-excluded) from bundle directories or from bench/quality.py result files, and draws one PNG with
-two panels.
+excluded) from bundle directories or from bench/quality.py result files, and draws one PNG: a
+row per dataset (each with its own MRR scale), two panels per row (against epochs, against
+minutes).
 
     python bench/learning_curves.py --out docs/learning-curves.png \\
         "IMF, FB15k-237=artifacts/default" bench/results/quality-db15k.json \\
@@ -20,18 +21,19 @@ import json
 from pathlib import Path
 
 
-def curves_from(arg: str, runs: set[str] | None = None) -> list[tuple[str, list[dict], str]]:
-    """(label, history, machine note) for one command-line argument; `runs` keeps only those
-    runs of a results JSON."""
+def curves_from(arg: str, runs: set[str] | None = None) -> list[tuple[str, list[dict], str, str]]:
+    """(label, history, machine note, dataset) for one command-line argument; `runs` keeps only
+    those runs of a results JSON."""
     if "=" in arg and not arg.endswith(".json"):
         label, path = arg.split("=", 1)
         manifest = json.loads((Path(path) / "manifest.json").read_text())
         tr = manifest["training"]
-        return [(label, tr["history"], f"{tr.get('device', 'cpu')}, threads {tr.get('threads') or 'default'}")]
+        dataset = str((manifest.get("dataset") or {}).get("name") or tr.get("dataset", ""))
+        return [(label, tr["history"], f"{tr.get('device', 'cpu')}, threads {tr.get('threads') or 'default'}", dataset)]
     data = json.loads(Path(arg).read_text())
     meta = data["meta"]
     return [
-        (f"{r['run']}, {meta['dataset']}", r["history"], meta.get("device_name", ""))
+        (f"{r['run']}, {meta['dataset']}", r["history"], meta.get("device_name", ""), str(meta["dataset"]))
         for r in data["results"]
         if "history" in r and (runs is None or r["run"] in runs)
     ]
@@ -52,24 +54,30 @@ def main() -> int:
 
     runs = set(args.runs.split(",")) if args.runs else None
     curves = [c for s in args.sources for c in curves_from(s, runs)]
-    fig, (ax_e, ax_t) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for label, hist, machine in curves:
+    datasets = list(dict.fromkeys(c[3] for c in curves))  # in the order given
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4.2 * len(datasets)), squeeze=False)
+    colors: dict[str, str] = {}
+    for label, hist, machine, dataset in curves:
+        ax_e, ax_t = axes[datasets.index(dataset)]
         pts = [h for h in hist if "valid_mrr" in h]
         epochs = [h["epoch"] for h in pts]
         minutes = [h.get("train_s", 0.0) / 60 for h in pts]
         mrr = [h["valid_mrr"] for h in pts]
-        (line,) = ax_e.plot(epochs, mrr, marker="o", ms=3, label=label)
-        ax_t.plot(minutes, mrr, marker="o", ms=3, color=line.get_color(), label=label)
+        # one colour per run name across the rows ("imf, db15k" and "imf, wn9-img" alike)
+        color = colors.setdefault(label.split(",")[0], f"C{len(colors)}")
+        ax_e.plot(epochs, mrr, marker="o", ms=3, color=color, label=label)
+        ax_t.plot(minutes, mrr, marker="o", ms=3, color=color, label=label)
         print(f"# {label} ({machine})")
         print("| epoch | training minutes | valid MRR |\n|---|---|---|")
         for e, m, v in zip(epochs, minutes, mrr):
             print(f"| {e} | {m:.1f} | {v:.4f} |")
-    ax_e.set_xlabel("epoch")
-    ax_t.set_xlabel("training wall time (minutes, validation excluded)")
-    for ax in (ax_e, ax_t):
-        ax.set_ylabel("validation MRR")
-        ax.grid(alpha=0.3)
-    ax_t.legend(fontsize=8, loc="upper right")
+    for dataset, (ax_e, ax_t) in zip(datasets, axes):
+        ax_e.set_xlabel("epoch")
+        ax_t.set_xlabel("training wall time (minutes, validation excluded)")
+        for ax in (ax_e, ax_t):
+            ax.set_ylabel(f"validation MRR, {dataset}")
+            ax.grid(alpha=0.3)
+        ax_t.legend(fontsize=8, loc="lower right")
     fig.suptitle(args.title, fontsize=11)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)

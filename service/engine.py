@@ -500,15 +500,18 @@ class Predictor:
                     raise InvalidRequest(f"must be a finite number, got {value!r}", field=f"numeric.{attr}")
 
     @staticmethod
-    def same_entity(record: dict, name: str, description: str, numeric: dict[str, float]) -> bool:
-        """Whether a stored record is what this request would store (encode_new_entity's
-        normalisation): the same name, description and numeric attributes. A retried POST (the
-        client timed out after the record was stored) is then answered with that entity."""
-        return (
-            record.get("name") == name.strip()
-            and record.get("description") == description.strip()
-            and (record.get("numeric") or {}) == {k: float(v) for k, v in numeric.items()}
-        )
+    def _entity_fields(name: str, description: str, numeric: dict[str, float]) -> dict:
+        """A new entity's fields as its record stores them (one normalisation for both
+        encode_new_entity and same_entity)."""
+        return {"name": name.strip(), "description": description.strip(), "numeric": {k: float(v) for k, v in numeric.items()}}
+
+    @classmethod
+    def same_entity(cls, record: dict, name: str, description: str, numeric: dict[str, float]) -> bool:
+        """Whether a stored record is what this request would store: the same name, description
+        and numeric attributes. A retried POST (the client timed out after the record was
+        stored) is then answered with that entity."""
+        fields = cls._entity_fields(name, description, numeric)
+        return all((record.get(k) or type(v)()) == v for k, v in fields.items())
 
     def encode_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None) -> dict:
         """The persistent record of a new entity: its text embedded with the offline encoder
@@ -519,9 +522,7 @@ class Predictor:
         vec = encode_texts([text])[0].astype(np.float32)
         return {
             "id": entity_id or f"new/{uuid.uuid4().hex[:12]}",
-            "name": name.strip(),
-            "description": description.strip(),
-            "numeric": {k: float(v) for k, v in numeric.items()},
+            **self._entity_fields(name, description, numeric),
             "text_vector": base64.b64encode(vec.tobytes()).decode("ascii"),
             "model": self.bundle.fingerprint,
         }

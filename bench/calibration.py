@@ -3,7 +3,7 @@ reliability diagram of a bundle's fused scores (raw) and its calibrated probabil
 
     python bench/calibration.py artifacts/default --png docs/calibration.png --json bench/results/calibration.json
 
-Samples as model.calibration fits them, on test instead of valid: the top CANDIDATES answers
+Samples as model.bundle.calibration fits them, on test instead of valid: the top CANDIDATES answers
 of every test query (both directions) not already known from train + valid, labelled 1 when
 the triple is a test triple. The calibration itself was fitted on the validation split only
 (`imf bundle extras`); this is the one read of the test split.
@@ -21,9 +21,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.bundle import load_bundle  # noqa: E402
-from model.calibration import calibration_metrics, collect_samples, relation_families  # noqa: E402
-from model.triples import AnswerIndex  # noqa: E402
+from model.bundle.format import load_bundle  # noqa: E402
+from model.bundle.calibration import calibration_metrics, collect_samples, relation_families  # noqa: E402
+from model.kg.triples import AnswerIndex  # noqa: E402
 
 
 def measure(bundle_path: Path) -> dict:

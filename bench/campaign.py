@@ -48,7 +48,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.bundle import load_bundle  # noqa: E402
+from model.bundle.format import load_bundle  # noqa: E402
 
 
 def free_port() -> int:
@@ -211,10 +211,10 @@ class Traffic:
         b = load_bundle(bundle_path, verify=False)
         train = b.triples["train"]
         self.rng = random.Random(seed)
-        self.pairs = [(b.entity_names[h], b.relation_ids[r]) for h, r, _ in train[self.rng.sample(range(len(train)), min(2000, len(train)))].tolist()]
-        self.ids = b.entity_ids
-        self.relation_ids = b.relation_ids
-        self.num_entities = len(b.entity_ids)
+        self.pairs = [(b.vocab.entity_names[h], b.vocab.relation_ids[r]) for h, r, _ in train[self.rng.sample(range(len(train)), min(2000, len(train)))].tolist()]
+        self.ids = b.vocab.entity_ids
+        self.relation_ids = b.vocab.relation_ids
+        self.num_entities = len(b.vocab.entity_ids)
         self.max_body = max_body
 
     def valid(self, k: int | None = None) -> tuple[str, str, dict | bytes]:
@@ -557,7 +557,7 @@ def phase_bundles(bundle: Path, workdir: Path) -> list[dict]:
     second = ServerProcess(b, env)
     t0 = time.monotonic()
     second.start()
-    ok = httpx.post(f"{second.base}/predict", json={"head": load_bundle(b, verify=False).entity_ids[0], "relation": load_bundle(b, verify=False).relation_ids[0], "k": 3}, timeout=30).status_code
+    ok = httpx.post(f"{second.base}/predict", json={"head": load_bundle(b, verify=False).vocab.entity_ids[0], "relation": load_bundle(b, verify=False).vocab.relation_ids[0], "k": 3}, timeout=30).status_code
     exit_code = second.stop()
     log = second.output()
     line = next((x for x in log.split("\n") if "checksum mismatch" in x), "")

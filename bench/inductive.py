@@ -34,8 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.data import load_dataset  # noqa: E402
-from model.textio import encode_record  # noqa: E402
+from model.kg.dataset import load_dataset  # noqa: E402
+from model.files import encode_record  # noqa: E402
 
 WORK = REPO / "runs" / "inductive"
 HELD_OUT = 300
@@ -135,7 +135,7 @@ def prepare(src: str, out: Path, count: int, seed: int) -> dict:
 
 
 def _read_tsv(path: Path) -> list[list[str]]:
-    from model.textio import decode_field, records
+    from model.files import decode_field, records
 
     return [[decode_field(c) for c in line.split("\t")] for _, line in records(path.read_text(encoding="utf-8"))]
 
@@ -169,7 +169,7 @@ def add_through_api(bundle: Path, held: list[list[str]], state_dir: Path) -> dic
 def _ranks(scores, targets, known) -> np.ndarray:
     import torch
 
-    from model.evaluate import filtered_ranks
+    from model.evaluation.ranking import filtered_ranks
 
     return filtered_ranks(scores, torch.as_tensor(targets), known).numpy()
 
@@ -179,7 +179,7 @@ def rank_directions(ev: np.ndarray, num_rel: int, scores, known, is_new) -> dict
     entity is new ("new as head") or the answer is ("new as answer"). scores(e, r) -> (B, N)."""
     import torch
 
-    from model.triples import query_relation
+    from model.kg.triples import query_relation
 
     res: dict[str, list] = {"new as head": [], "new as answer": []}
     for direction in ("tail", "head"):
@@ -202,10 +202,10 @@ def evaluate_inductive(work: Path, *, post: bool = True) -> dict:
 
     import torch
 
-    from model.bundle import load_bundle
-    from model.evaluate import summarize
-    from model.extras import fit_extras
-    from model.imf import expected_random_mrr
+    from model.bundle.format import load_bundle
+    from model.evaluation.ranking import summarize
+    from model.pipeline import fit_extras
+    from model.network.imf import expected_random_mrr
     from service.engine import Predictor
     from service.entities import FileStore
 
@@ -227,13 +227,13 @@ def evaluate_inductive(work: Path, *, post: bool = True) -> dict:
     records = [r for r in _json.loads("[" + ",".join(FileStore(state, p.bundle.fingerprint).path.read_text().split("\n")[:-1]) + "]")]
     assert p.add_records(records) == len(held)
     n_base, n_all = p.num_base, p.num_entities
-    index = {e: i for i, e in enumerate(p.bundle.entity_ids)}
+    index = {e: i for i, e in enumerate(p.bundle.vocab.entity_ids)}
     index.update({e: n_base + i for i, e in enumerate(p.view.added_ids)})
-    rel_index = {r: i for i, r in enumerate(p.bundle.relation_ids)}
+    rel_index = {r: i for i, r in enumerate(p.bundle.vocab.relation_ids)}
     num_rel = p.num_relations
-    full_ids = [(full.entity_ids[h], full.relation_ids[r], full.entity_ids[t]) for h, r, t in full.all_triples()]
+    full_ids = [(full.vocab.entity_ids[h], full.vocab.relation_ids[r], full.vocab.entity_ids[t]) for h, r, t in full.all_triples()]
     mapped = np.array([(index[h], rel_index[r], index[t]) for h, r, t in full_ids if h in index and t in index and r in rel_index])
-    from model.triples import AnswerIndex
+    from model.kg.triples import AnswerIndex
 
     known_all = AnswerIndex(mapped, n_all, num_rel)
     ev = np.array([(index[h], rel_index[r], index[t]) for h, r, t in (line.split("\t") for line in (work / "eval.tsv").read_text().splitlines())])
@@ -262,7 +262,7 @@ def evaluate_inductive(work: Path, *, post: bool = True) -> dict:
         feats["text"][i] = np.frombuffer(base64.b64decode(rec["text_vector"]), dtype=np.float32)
         pres["text"][i] = True
     out["variants"] = {}
-    from model.inductive import VARIANTS
+    from model.bundle.feature_map import VARIANTS
 
     for variant in VARIANTS:
         rows = fmap.embed(p.model, feats, pres, variant)
@@ -270,8 +270,8 @@ def evaluate_inductive(work: Path, *, post: bool = True) -> dict:
         out["variants"][variant] = report(rank_all(tables))["both"]
     # the same triples, the same entities seen in training (same recipe)
     seen = load_bundle(seen_bundle)
-    s_index = {e: i for i, e in enumerate(seen.entity_ids)}
-    s_rel = {r: i for i, r in enumerate(seen.relation_ids)}
+    s_index = {e: i for i, e in enumerate(seen.vocab.entity_ids)}
+    s_rel = {r: i for i, r in enumerate(seen.vocab.relation_ids)}
     ev_ids = [line.split("\t") for line in (work / "eval.tsv").read_text().splitlines()]
     s_ev = np.array([(s_index[h], s_rel[r], s_index[t]) for h, r, t in ev_ids])
     held_set = {s_index[h] for h in held_ids}

@@ -1,4 +1,4 @@
-"""Cost of name lookups: the trigram NameIndex (model.names) against the linear scans it
+"""Cost of name lookups: the trigram NameIndex (model.kg.names) against the linear scans it
 replaced (difflib over every name; a Python substring scan), at the shipped vocabulary's size
 and at 1M names.
 
@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.bundle import load_bundle  # noqa: E402
-from model.names import NameIndex  # noqa: E402
+from model.bundle.format import load_bundle  # noqa: E402
+from model.kg.names import NameIndex  # noqa: E402
 
 
 def linear_search(lower: list[str], q: str, limit: int) -> list[int]:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--baseline-queries", type=int, default=5, help="difflib / scan queries at sizes above 100k (slow)")
     args = ap.parse_args(argv)
-    real = load_bundle(args.bundle, verify=False).entity_names
+    real = load_bundle(args.bundle, verify=False).vocab.entity_names
     rng = random.Random(0)
     print("| names | build s | method | unknown name p50 ms | p99 ms | search p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|")

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.data import load_dataset  # noqa: E402
+from model.kg.dataset import load_dataset  # noqa: E402
 
 
 def run_specs(dataset: str) -> dict[str, list[str]]:

@@ -267,7 +267,7 @@ def main() -> int:
     }
     print(json.dumps(result["engine"], indent=1), flush=True)
     if not args.skip_http:
-        from model.bundle import load_bundle
+        from model.bundle.format import load_bundle
 
         b = load_bundle(bundle, verify=False)
         p_test = b.triples["test"]
@@ -275,7 +275,7 @@ def main() -> int:
         rows = p_test[rng.choice(len(p_test), min(args.http_requests, len(p_test)), replace=False)]
         def bodies_of(rows: np.ndarray) -> list[dict]:
             return [
-                {"head": b.entity_ids[h if i % 2 == 0 else t], "relation": b.relation_ids[r], "k": 10, "direction": "tail" if i % 2 == 0 else "head"}
+                {"head": b.vocab.entity_ids[h if i % 2 == 0 else t], "relation": b.vocab.relation_ids[r], "k": 10, "direction": "tail" if i % 2 == 0 else "head"}
                 for i, (h, r, t) in enumerate(rows.tolist())
             ]
 

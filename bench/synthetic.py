@@ -35,9 +35,9 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.bundle import load_bundle, save_bundle  # noqa: E402
-from model.data import KGDataset  # noqa: E402
-from model.imf import IMF, IMFConfig  # noqa: E402
+from model.bundle.format import load_bundle, save_bundle  # noqa: E402
+from model.kg.dataset import KGDataset  # noqa: E402
+from model.network.imf import IMF, IMFConfig  # noqa: E402
 
 
 def make_synthetic(out: Path, entities: int, *, relations: int = 237, dim: int = 64, triples_per_entity: int = 2, seed: int = 0, overwrite: bool = False) -> Path:
@@ -72,7 +72,7 @@ def make_synthetic(out: Path, entities: int, *, relations: int = 237, dim: int =
         test=triples[len(triples) - 1000:],
         fingerprint=f"synthetic-{entities}-{seed}",
     )
-    return save_bundle(out, model, ds, training={"synthetic": True, "seed": seed}, metrics={}, overwrite=overwrite)
+    return save_bundle(out, model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={"synthetic": True, "seed": seed}, metrics={}, overwrite=overwrite)
 
 
 def make_scaled(source: Path, out: Path, entities: int, *, jitter: float = 0.5, seed: int = 0, overwrite: bool = False) -> Path:
@@ -122,24 +122,24 @@ def make_scaled(source: Path, out: Path, entities: int, *, jitter: float = 0.5, 
 
 def _save_scaled(src, big: IMF, out: Path, entities: int, jitter: float, seed: int, source: Path, overwrite: bool) -> Path:
     """Write the grown model `big` of `src` as a bundle with copied names and the same triples."""
-    n = len(src.entity_ids)
+    n = len(src.vocab.entity_ids)
     big.eval()
-    names = [src.entity_names[i] if i < n else f"{src.entity_names[i % n]} (copy {i // n})" for i in range(entities)]
-    ids = [src.entity_ids[i] if i < n else f"{src.entity_ids[i % n]}~{i // n}" for i in range(entities)]
+    names = [src.vocab.entity_names[i] if i < n else f"{src.vocab.entity_names[i % n]} (copy {i // n})" for i in range(entities)]
+    ids = [src.vocab.entity_ids[i] if i < n else f"{src.vocab.entity_ids[i % n]}~{i // n}" for i in range(entities)]
     ds = KGDataset(
         name=f"scaled-{entities}",
         root=out,
         entity_ids=ids,
         entity_names=names,
         entity_descriptions=[""] * entities,
-        relation_ids=src.relation_ids,
-        relation_names=src.relation_names,
+        relation_ids=src.vocab.relation_ids,
+        relation_names=src.vocab.relation_names,
         train=src.triples["train"],
         valid=src.triples["valid"],
         test=src.triples["test"],
         fingerprint=f"scaled-{entities}-{src.fingerprint}-{jitter}-{seed}",
     )
-    return save_bundle(out, big, ds, training={"scaled_from": str(source), "jitter": jitter, "seed": seed}, metrics={}, overwrite=overwrite)
+    return save_bundle(out, big, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={"scaled_from": str(source), "jitter": jitter, "seed": seed}, metrics={}, overwrite=overwrite)
 
 
 def main() -> int:

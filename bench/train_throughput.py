@@ -27,13 +27,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.data import load_dataset  # noqa: E402
-from model.train import TrainConfig, batch_order, build_model, training_loss  # noqa: E402
-from model.triples import AnswerIndex  # noqa: E402
+from model.kg.dataset import load_dataset  # noqa: E402
+from model.training.config import TrainConfig  # noqa: E402
+from model.training.loop import batch_order, build_model, training_loss  # noqa: E402
+from model.kg.triples import AnswerIndex  # noqa: E402
+from model.network.imf import IMFConfig  # noqa: E402
+
 
 def measure(ds, index, dim: int, relation_dim: int, batch: int, *, loss: str, groups: int, steps: int, repeats: int, warmup: int) -> float:
     torch.manual_seed(0)
-    model = build_model(ds, None, dim=dim, relation_dim=relation_dim, output="softmax" if loss == "ce" else "sigmoid")
+    model = build_model(ds, None, IMFConfig(dim=dim, relation_dim=relation_dim, output="softmax" if loss == "ce" else "sigmoid"))
     model.train()
     cfg = TrainConfig(loss=loss, relation_groups=groups, precision="fp32")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)

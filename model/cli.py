@@ -13,72 +13,31 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
+from model.bundle.format import load_bundle, read_manifest
+from model.config import HelpFormatter, add_arguments, from_arguments, positive_int
 from model.errors import IMFError
+from model.evaluation.ranking import evaluate, format_report
+from model.features import numeric as numeric_features
+from model.features import text as text_features
+from model.features import visual as visual_features
+from model.kg.builtin import build_builtin
+from model.kg.dataset import BUILTIN_DATASETS, load_dataset, resolve_dataset
+from model.network.imf import IMFConfig
+from model.pipeline import compact_bundle, fit_extras, predict, train_to_bundle
+from model.training.config import TrainConfig
 
 log = logging.getLogger("imf")
 
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
-def _modalities(text: str) -> list[str]:
-    """'text,numeric' -> ['text', 'numeric']; 'none' -> [] (structure only)."""
-    if text.strip().lower() in ("none", ""):
-        return []
-    return [m.strip() for m in text.split(",") if m.strip()]
-
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train IMF and write a checkpoint bundle", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", required=True, help="built-in name (fb15k-237, db15k, wn9-img) or a dataset directory")
+    p = sub.add_parser("train", help="train IMF and write a checkpoint bundle", formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="bundle directory to write, e.g. artifacts/RUN")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
-    p.add_argument("--modalities", type=_modalities, default=None, help="comma list of feature modalities, or 'none' for structure only (default: the dataset's)")
-    p.add_argument("--epochs", type=_positive_int, default=50)
-    p.add_argument("--dim", type=_positive_int, default=200, help="entity embedding size d")
-    p.add_argument("--relation-dim", type=_positive_int, default=None, help="relation embedding size (default: --dim)")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--lr", type=float, default=0.001)
-    p.add_argument("--lr-decay", type=float, default=1.0, help="per-epoch multiplicative learning-rate decay")
-    p.add_argument("--loss", choices=("ce", "bce"), default="ce", help="ce: per-branch softmax cross-entropy + their mixture; bce: the paper's binary cross-entropy")
-    p.add_argument("--label-smoothing", type=_fraction, default=None, help="default: 0 for ce, 0.1 for bce")
-    weighting = p.add_mutually_exclusive_group()
-    weighting.add_argument("--per-answer", dest="per_answer", action="store_const", const=True, default=None,
-                           help="ce: weight each query by its number of answers, i.e. per-triple 1-vs-all cross-entropy (the default with ce)")
-    weighting.add_argument("--per-query", dest="per_answer", action="store_const", const=False,
-                           help="ce: weight every query alike (answers share one unit of target mass)")
-    p.add_argument("--contrastive-weight", type=float, default=0.0, help="lambda; 0 disables the contrastive loss")
-    p.add_argument("--temperature", type=float, default=0.1, help="tau of the contrastive loss")
-    p.add_argument("--fusion-rank", type=_positive_int, default=2, help="Tucker rank R of the bilinear fusion")
-    p.add_argument("--fusion-activation", choices=("tanh", "relu"), default="tanh", help="factor activation of the bilinear fusion (relu: design.md's formula)")
-    p.add_argument("--decision-fusion", choices=("learned", "equal"), default="learned")
-    p.add_argument("--no-residual", dest="feature_residual", action="store_false", help="no per-entity residual on modality projections")
-    p.add_argument("--input-dropout", type=_fraction, default=0.3)
-    p.add_argument("--hidden-dropout1", type=_fraction, default=0.4)
-    p.add_argument("--hidden-dropout2", type=_fraction, default=0.5)
-    p.add_argument("--relation-groups", type=int, default=0, help="relation-homogeneous chunks per batch (0: uniformly random batches, the default; >0 costs quality)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="training matmuls; auto: bf16 on a CUDA GPU with bf16, fp32 elsewhere")
-    p.add_argument("--eval-every", type=_positive_int, default=1)
-    p.add_argument("--patience", type=_positive_int, default=5)
-    p.add_argument("--valid-subset", type=int, default=3000, help="validation triples for early stopping (0: all)")
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget; keeps the best model so far")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--init-from", type=Path, default=None, help="continue training from this bundle (full or compact) of the same model; --epochs counts all epochs; a larger --relation-dim than the bundle's widens its model (same scores to start with)")
+    # Every hyperparameter, with its default and help, comes from the config dataclasses.
+    add_arguments(p.add_argument_group("training (TrainConfig)"), TrainConfig)
+    add_arguments(p.add_argument_group("model (IMFConfig)"), IMFConfig)
     p.add_argument("--no-extras", action="store_true", help="skip fitting the probability calibration and the new-entity feature map after training")
     p.add_argument("--compact", action="store_true", help="write a compact bundle: modality tables instead of raw features, int8 entity tables, float16 weights")
     p.add_argument("--report-test", action="store_true", help="after model selection, evaluate the selected model once on the test split and record it")
@@ -87,55 +46,18 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from model.train import TrainConfig, train_to_bundle
-
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise IMFError(f"--device {args.device}: CUDA is not available on this machine")
-    cfg = TrainConfig(
-        dataset=args.dataset,
-        modalities=args.modalities,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_decay=args.lr_decay,
-        loss=args.loss,
-        label_smoothing=args.label_smoothing,
-        per_answer=args.per_answer,
-        contrastive_weight=args.contrastive_weight,
-        temperature=args.temperature,
-        relation_groups=args.relation_groups,
-        seed=args.seed,
-        device=args.device,
-        threads=args.threads,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        valid_subset=args.valid_subset or None,
-        max_minutes=args.max_minutes,
-        precision=args.precision,
-        init_from=str(args.init_from) if args.init_from else None,
-    )
     out = train_to_bundle(
-        cfg,
+        from_arguments(TrainConfig, args),
         args.out,
+        model_config=from_arguments(IMFConfig, args),
         overwrite=args.overwrite,
         progress=not args.quiet,
         compact=args.compact,
         report_test=args.report_test,
         extras=not args.no_extras,
-        dim=args.dim,
-        relation_dim=args.relation_dim or args.dim,
-        fusion_rank=args.fusion_rank,
-        fusion_activation=args.fusion_activation,
-        decision_fusion=args.decision_fusion,
-        feature_residual=args.feature_residual,
-        input_dropout=args.input_dropout,
-        hidden_dropout1=args.hidden_dropout1,
-        hidden_dropout2=args.hidden_dropout2,
     )
-    from model.bundle import read_manifest
-
     m = read_manifest(out)
     valid = m["metrics"]["valid"]
     print(f"bundle: {out}  model {m['model_fingerprint'][:12]}  valid MRR {valid['mrr']:.4f}  Hits@10 {valid['hits@10']:.4f}")
@@ -147,16 +69,13 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", type=Path)
     p.add_argument("--split", choices=("valid", "test"), default="valid")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from model.bundle import load_bundle
-    from model.evaluate import evaluate, format_report
-
     bundle = load_bundle(args.bundle)
     model = bundle.model.to(args.device)
     report = evaluate(
@@ -176,7 +95,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", type=Path)
     p.add_argument("--head", required=True, help="entity id or exact name (the known tail with --direction head)")
     p.add_argument("--relation", required=True, help="relation id or name")
-    p.add_argument("-k", type=_positive_int, default=10)
+    p.add_argument("-k", type=positive_int, default=10)
     p.add_argument("--direction", choices=("tail", "head"), default="tail")
     p.add_argument("--keep-known", action="store_true", help="keep known facts (flagged) instead of filtering them")
     p.add_argument("--json", action="store_true")
@@ -184,21 +103,19 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from model.bundle import load_bundle
-    from model.predict import predict
-
     bundle = load_bundle(args.bundle)
     preds = predict(bundle, args.head, args.relation, k=args.k, direction=args.direction, filter_known=not args.keep_known)
+    vocab = bundle.vocab
     rows = [
-        {"rank": p.rank, "entity": bundle.entity_ids[p.entity], "name": bundle.entity_names[p.entity], "score": p.score, "known": p.known}
+        {"rank": p.rank, "entity": vocab.entity_ids[p.entity], "name": vocab.entity_names[p.entity], "score": p.score, "known": p.known}
         for p in preds
     ]
     if args.json:
         print(json.dumps({"model": bundle.fingerprint, "predictions": rows}))
         return 0
-    e = bundle.entity(args.head)
-    r = bundle.relation(args.relation)
-    arrow = f"({bundle.entity_names[e]}, {bundle.relation_ids[r]}, ?)" if args.direction == "tail" else f"(?, {bundle.relation_ids[r]}, {bundle.entity_names[e]})"
+    e = vocab.entity(args.head)
+    r = vocab.relation(args.relation)
+    arrow = f"({vocab.entity_names[e]}, {vocab.relation_ids[r]}, ?)" if args.direction == "tail" else f"(?, {vocab.relation_ids[r]}, {vocab.entity_names[e]})"
     print(f"{arrow}  model {bundle.fingerprint[:12]}")
     for row in rows:
         flag = "  [known]" if row["known"] else ""
@@ -210,7 +127,7 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build or check datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)
     b = dsub.add_parser("build", help="convert a built-in dataset's raw release into data/NAME")
-    b.add_argument("name", choices=("fb15k-237", "db15k", "wn9-img"))
+    b.add_argument("name", choices=BUILTIN_DATASETS)
     b.add_argument("--source", type=Path, default=None, help="raw datasets folder (default: ../shared/datasets)")
     b.add_argument("--out", type=Path, default=None)
     b.set_defaults(handler=cmd_data_build)
@@ -220,16 +137,12 @@ def add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from model.datasets import build_builtin
-
     out = build_builtin(args.name, args.source, args.out)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from model.data import load_dataset
-
     ds = load_dataset(args.dataset)
     print(json.dumps({
         "name": ds.name,
@@ -260,16 +173,13 @@ def add_features(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from model import features
-    from model.data import resolve_dataset
-
     root = resolve_dataset(args.dataset)
     if args.feature_command == "text":
-        out = features.build_text_features(root)
+        out = text_features.build_text_features(root)
     elif args.feature_command == "visual":
-        out = features.build_visual_features(root, args.images)
+        out = visual_features.build_visual_features(root, args.images)
     else:
-        out = features.build_numeric_features(root, args.triples)
+        out = numeric_features.build_numeric_features(root, args.triples)
     print(f"wrote {out}")
     return 0
 
@@ -292,8 +202,6 @@ def add_bundle(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bundle_extras(args: argparse.Namespace) -> int:
-    from model.extras import fit_extras
-
     summary = fit_extras(args.bundle, dataset=args.dataset, numeric_source=args.numeric_source, feature_map=not args.no_feature_map)
     cal = summary["calibration"]
     print(f"calibration: {cal['method']} (cross-fitted valid log-loss {cal['validation'][cal['method']]['log_loss']:.4f}, ECE {cal['validation'][cal['method']]['ece']:.4f}; raw {cal['validation']['identity']['log_loss']:.4f}, {cal['validation']['identity']['ece']:.4f})")
@@ -304,8 +212,6 @@ def cmd_bundle_extras(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_compact(args: argparse.Namespace) -> int:
-    from model.bundle import compact_bundle, read_manifest
-
     out = compact_bundle(args.src, args.out, report_test=args.report_test, overwrite=args.overwrite, progress=True)
     m = read_manifest(out)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from model.kg.names import close_matches
+
 
 class IMFError(Exception):
     """Base class of every user-facing error raised by the `model` package."""
@@ -56,9 +58,3 @@ class UnknownNameError(IMFError, KeyError):
         return str(self.args[0])
 
 
-def close_matches(name: str, known: Iterable[str], n: int = 5) -> list[str]:
-    """Up to `n` entries of `known` that look like `name` (case-insensitive), best first
-    (model.names: one suggestion rule for every vocabulary)."""
-    from model.names import close_matches as _close
-
-    return _close(name, list(known), n)

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model import __version__
+from model.features.text import encode_texts
 from service.cache import Cache, MemoryCache, RedisCache, SingleFlight, redacted
 from service.engine import Predictor
 from service.engine import Query as EngineQuery
@@ -578,8 +579,6 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
                     state.spawn(entity_sync_loop(predictor))
                     if predictor.bundle.feature_map is not None:
                         try:  # load the text encoder now, not inside the first POST's time limit
-                            from model.features import encode_texts
-
                             await anyio.to_thread.run_sync(encode_texts, ["warm-up"])
                             torch.set_num_threads(settings.torch_threads)  # the encoder set its own
                         except ImportError as exc:

@@ -44,7 +44,7 @@ def _settings(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from model.bundle import read_manifest, verify_files
+    from model.bundle.format import read_manifest, verify_files
     from service.app import create_app
     from service.settings import DEFAULT_BUNDLE
 

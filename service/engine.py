@@ -18,7 +18,7 @@ A query (e, r', k, filter):
 Searching K' plus the number of known answers means filtering can never leave fewer than k
 results while candidates remain; with K' >= N every entity is scored, without retrieval.
 
-Added entities (POST /entities; `add_records`): their rows (model.inductive, from the bundle's
+Added entities (POST /entities; `add_records`): their rows (model.bundle.feature_map, from the bundle's
 feature map) are appended to every branch table in a new `View`, swapped in whole; the FAISS
 index keeps the bundle's N entities and every added one is a candidate of every query (scored
 exactly). `retrieval`, part of every cache key, names the added set's generation.
@@ -40,10 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.bundle import Bundle, load_bundle
+from model.bundle.format import Bundle, load_bundle
 from model.errors import UnknownNameError
-from model.imf import IMF
-from model.predict import DIRECTIONS, query_relation, top_k_with_filter
+from model.evaluation.predict import Ranked, known_mask, top_k_with_filter
+from model.features.text import encode_texts, entity_text
+from model.kg.names import close_matches
+from model.kg.triples import DIRECTIONS, query_relation
+from model.network.imf import IMF
 from service.errors import InvalidRequest, NotFound, Unsupported
 from service.index import EXACT, INDEX_DIR, CandidateIndex, resolve_kind
 
@@ -106,14 +109,6 @@ class View:
 
 
 @dataclass
-class Ranked:
-    entity: int
-    score: float
-    rank: int
-    known: bool
-
-
-@dataclass
 class Explained(Ranked):
     branches: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -136,7 +131,7 @@ class Predictor:
         self.candidates = candidates
         self.load_seconds = load_seconds
         self.branches = self.model.branches
-        self.num_base = len(bundle.entity_ids)  # entities of the bundle (the FAISS index holds these)
+        self.num_base = len(bundle.vocab.entity_ids)  # entities of the bundle (the FAISS index holds these)
         self.num_relations = bundle.num_relations
         self.index_kind = EXACT if index is None else index.kind
         self._add_lock = threading.Lock()  # one writer of the view at a time
@@ -192,7 +187,7 @@ class Predictor:
         bundle = load_bundle(path)
         with torch.no_grad():
             tables = {b: t.detach().contiguous() for b, t in bundle.model.entity_tables().items()}
-        n = len(bundle.entity_ids)
+        n = len(bundle.vocab.entity_ids)
         kind = resolve_kind(index_kind, n)
         folder = Path(path) / INDEX_DIR
         index = None
@@ -212,7 +207,7 @@ class Predictor:
         else:
             log.info("loaded saved %s index for model %s", kind, bundle.fingerprint[:12])
         bundle.known  # build the known-answer index now, not on the first request  # noqa: B018
-        bundle.name_index  # and the name index (suggestions, /entities)  # noqa: B018
+        bundle.vocab.name_index  # and the name index (suggestions, /entities)  # noqa: B018
         seconds = time.monotonic() - t0
         log.info("ready: %d entities, branches %s, %s index, %.1fs", n, bundle.model.branches, kind, seconds)
         return cls(bundle, index, tables, candidates=candidates, load_seconds=seconds)
@@ -227,7 +222,7 @@ class Predictor:
             raise InvalidRequest(f"k must be between 1 and {max_k}", field="k")
         e = self.resolve_entity(head, field="head")
         try:
-            r = self.bundle.relation(relation)
+            r = self.bundle.vocab.relation(relation)
         except UnknownNameError as exc:
             raise NotFound(str(exc), field="relation", suggestions=exc.suggestions) from exc
         return Query(entity=e, relation=r, direction=direction, k=k, filter_known=filter_known)
@@ -235,7 +230,7 @@ class Predictor:
     def resolve_entity(self, key: str, *, field: str) -> int:
         """An entity id or name -> index; NotFound naming `field`, with close names, else."""
         try:
-            return self.bundle.entity(key)
+            return self.bundle.vocab.entity(key)
         except UnknownNameError as exc:
             hit = self._added_index.get(key, self._added_by_name.get(key.strip().lower()))
             if hit is not None and hit < self.num_entities:
@@ -244,19 +239,19 @@ class Predictor:
 
     def is_known_id(self, key: str) -> bool:
         """An entity id of the bundle or of an added entity."""
-        return key in self.bundle._entity_index or key in self._added_index
+        return self.bundle.vocab.has_entity_id(key) or key in self._added_index
 
     def entity_info(self, e: int) -> dict[str, str]:
         if e >= self.num_base:
             v = self.view
             return {"entity": v.added_ids[e - self.num_base], "name": v.added_names[e - self.num_base]}
-        return {"entity": self.bundle.entity_ids[e], "name": self.bundle.entity_names[e]}
+        return {"entity": self.bundle.vocab.entity_ids[e], "name": self.bundle.vocab.entity_names[e]}
 
     def entity_description(self, e: int) -> str:
-        return self.view.added_descriptions[e - self.num_base] if e >= self.num_base else self.bundle.entity_descriptions[e]
+        return self.view.added_descriptions[e - self.num_base] if e >= self.num_base else self.bundle.vocab.entity_descriptions[e]
 
     def relation_info(self, r: int) -> dict[str, str]:
-        return {"relation": self.bundle.relation_ids[r], "name": self.bundle.relation_names[r]}
+        return {"relation": self.bundle.vocab.relation_ids[r], "name": self.bundle.vocab.relation_names[r]}
 
     def describe(self, q: Query) -> dict:
         """The query as the API echoes it: resolved head and relation with names, direction."""
@@ -267,7 +262,7 @@ class Predictor:
         come first (few, and the ones a user who just added them looks for)."""
         v, low = self.view, text.strip().lower()
         added = [self.num_base + i for i, (e, n) in enumerate(zip(v.added_ids, v.added_names)) if low and (low in n.lower() or low in e.lower())]
-        hits = (added + self.bundle.search_entities(text, limit))[:limit]
+        hits = (added + self.bundle.vocab.search_entities(text, limit))[:limit]
         return [{**self.entity_info(i), "description": self.entity_description(i)} for i in hits]
 
     # ------------------------------------------------------------------ scoring
@@ -383,10 +378,7 @@ class Predictor:
             _, p = self.model.rescore({b: v[sl] for b, v in qv.items()}, w[sl], tables, None)  # (rows, N)
             p = p.numpy()
             for i, q in enumerate(queries[sl]):
-                mask = np.zeros(n, dtype=bool)
-                mask[known[start + i]] = True
-                top = top_k_with_filter(p[i], mask, q.k, filter_known=q.filter_known)
-                out.append([Ranked(t.entity, t.score, t.rank, t.known) for t in top])
+                out.append(top_k_with_filter(p[i], known_mask(known[start + i], n), q.k, filter_known=q.filter_known))
         return out
 
     def predict(self, q: Query) -> list[Ranked]:
@@ -408,8 +400,7 @@ class Predictor:
         qv, w = self._queries([q.entity], [self._rel(q)], tables)
         _, p = self.model.rescore(qv, w, tables, None)
         p = p[0].numpy()
-        known = np.zeros(len(p), dtype=bool)
-        known[self._known_rows(q)] = True
+        known = known_mask(self._known_rows(q), len(p))
         ahead = (p > p[entity]) | ((p == p[entity]) & (np.arange(len(p)) < entity))
         if q.filter_known:
             ahead &= ~known
@@ -459,7 +450,7 @@ class Predictor:
         return self.bundle.calibration is not None
 
     def probabilities(self, q: Query, scores: list[float]) -> list[float | None]:
-        """Calibrated probability that each (query, answer) triple holds (model.calibration),
+        """Calibrated probability that each (query, answer) triple holds (model.bundle.calibration),
         None for every score when the bundle has no calibration."""
         if self.bundle.calibration is None:
             return [None] * len(scores)
@@ -483,7 +474,7 @@ class Predictor:
         if entity_id is not None:
             if not entity_id.strip() or any(c in entity_id for c in "\t\n\r"):
                 raise InvalidRequest("must not be blank or contain tabs or newlines", field="id")
-            if entity_id in self.bundle._entity_index:
+            if self.bundle.vocab.has_entity_id(entity_id):
                 raise InvalidRequest(f"entity id {entity_id!r} is an entity of the model", field="id")
             # An id already added is checked against the store by the caller (same_entity): a
             # retried request is answered with the entity it added, a different one is refused.
@@ -493,8 +484,6 @@ class Predictor:
             allowed = set(fmap.numeric_attributes)
             for attr, value in numeric.items():
                 if attr not in allowed:
-                    from model.names import close_matches
-
                     raise InvalidRequest(f"unknown numeric attribute {attr!r}; close: {close_matches(attr, fmap.numeric_attributes)}", field=f"numeric.{attr}")
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                     raise InvalidRequest(f"must be a finite number, got {value!r}", field=f"numeric.{attr}")
@@ -515,9 +504,7 @@ class Predictor:
 
     def encode_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None) -> dict:
         """The persistent record of a new entity: its text embedded with the offline encoder
-        that built the text features (model.features; the `features` extra). Slow (the encoder)."""
-        from model.features import encode_texts, entity_text
-
+        that built the text features (model.features.text; the `encoder` extra). Slow (the encoder)."""
         text = entity_text(entity_id or "", name, description) or name
         vec = encode_texts([text])[0].astype(np.float32)
         return {
@@ -529,7 +516,7 @@ class Predictor:
 
     @torch.no_grad()
     def rows_for(self, records: list[dict]) -> dict[str, Tensor]:
-        """Every branch's rows for new-entity records (model.inductive.FeatureMap.embed): (M, d)."""
+        """Every branch's rows for new-entity records (model.bundle.feature_map.FeatureMap.embed): (M, d)."""
         fmap = self.bundle.feature_map
         assert fmap is not None
         m = len(records)
@@ -555,7 +542,7 @@ class Predictor:
     def _add_records(self, records: list[dict]) -> int:
         v = self.view
         have = set(v.added_ids)
-        fresh = [r for r in records if r["id"] not in have and r["id"] not in self.bundle._entity_index and r.get("model") == self.bundle.fingerprint]
+        fresh = [r for r in records if r["id"] not in have and not self.bundle.vocab.has_entity_id(r["id"]) and r.get("model") == self.bundle.fingerprint]
         if not fresh:
             return 0
         old_rows = {b: t[self.num_base:] for b, t in v.tables.items()}

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from model.textio import atomic_write
+from model.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from model.bundle import sha256_file
+from model.files import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ class Prediction(BaseModel):
     score: float = Field(description="fused decision-fusion probability p = sum_b w_b(r) P_b: P_b is branch b's softmax over all entities (cross-entropy models; scores of all entities sum to 1) or sigmoid(s_b) (BCE models)")
     rank: int
     known: bool = Field(description="the triple is already in the KG (train, valid or test)")
-    probability: float | None = Field(None, description="calibrated probability that the triple holds (model.calibration: fitted on the validation split for triples not yet in the KG); null when the bundle has no calibration")
+    probability: float | None = Field(None, description="calibrated probability that the triple holds (model.bundle.calibration: fitted on the validation split for triples not yet in the KG); null when the bundle has no calibration")
 
 
 class PredictResponse(BaseModel):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data import KGDataset, load_dataset
+from model.kg.dataset import KGDataset, load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ def write_dataset(
     entities: list[tuple[str, str, str]] | None = None,
     features: dict[str, tuple[np.ndarray, list[str]]] | None = None,
 ) -> Path:
-    """A dataset directory in the project format (see model/data.py)."""
+    """A dataset directory in the project format (see model/kg/dataset.py)."""
     root.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("valid", valid), ("test", test)):
         (root / f"{name}.tsv").write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
@@ -87,13 +87,15 @@ def tiny_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def slice_bundle(fb15k_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small IMF trained on the FB15k-237 slice (text + numeric), saved as a bundle."""
-    from model.bundle import save_bundle
-    from model.train import TrainConfig, train
+    from model.bundle.format import save_bundle
+    from model.network.imf import IMFConfig
+    from model.training.config import TrainConfig
+    from model.training.loop import train
 
     ds = load_dataset(fb15k_slice)
-    result = train(TrainConfig(dataset=str(fb15k_slice), epochs=6, lr=0.01, seed=0, patience=100), ds, progress=False, dim=32, relation_dim=32)
+    result = train(TrainConfig(dataset=str(fb15k_slice), epochs=6, lr=0.01, seed=0, patience=100), ds, progress=False, model_config=IMFConfig(dim=32, relation_dim=32))
     out = tmp_path_factory.mktemp("bundles") / "slice"
-    return save_bundle(out, result.model, ds, training={"epochs": 6}, metrics={"valid": result.valid_metrics})
+    return save_bundle(out, result.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={"epochs": 6}, metrics={"valid": result.valid_metrics})
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +103,7 @@ def extras_bundle(slice_bundle: Path, fb15k_slice: Path, tmp_path_factory: pytes
     """slice_bundle with its extras fitted (calibration + new-entity feature map)."""
     import shutil
 
-    from model.extras import fit_extras
+    from model.pipeline import fit_extras
 
     out = tmp_path_factory.mktemp("extras") / "slice"
     shutil.copytree(slice_bundle, out)

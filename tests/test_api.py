@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from model.bundle import load_bundle
+from model.bundle.format import load_bundle
 from service.app import create_app, default_loader
 from service.settings import Settings
 
@@ -46,7 +46,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 def names(slice_bundle: Path) -> dict:
     b = load_bundle(slice_bundle)
     h, r, t = b.triples["train"][0].tolist()
-    return {"head_id": b.entity_ids[h], "head": b.entity_names[h], "relation": b.relation_ids[r], "tail_id": b.entity_ids[t], "tail": b.entity_names[t]}
+    return {"head_id": b.vocab.entity_ids[h], "head": b.vocab.entity_names[h], "relation": b.vocab.relation_ids[r], "tail_id": b.vocab.entity_ids[t], "tail": b.vocab.entity_names[t]}
 
 
 def test_predict_by_name_and_id(client: TestClient, names: dict) -> None:

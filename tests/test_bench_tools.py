@@ -7,16 +7,16 @@ from pathlib import Path
 import torch
 
 from bench.synthetic import make_scaled, make_synthetic
-from model.bundle import load_bundle
+from model.bundle.format import load_bundle
 
 
 def test_scaled_bundle_keeps_the_trained_model_on_its_original_entities(slice_bundle: Path, tmp_path: Path) -> None:
     src = load_bundle(slice_bundle)
-    n = len(src.entity_ids)
+    n = len(src.vocab.entity_ids)
     out = make_scaled(slice_bundle, tmp_path / "scaled", 3 * n + 7, jitter=0.5, seed=1)
     big = load_bundle(out)  # verifies fingerprints and shapes
-    assert len(big.entity_ids) == 3 * n + 7 and len(set(big.entity_ids)) == 3 * n + 7
-    assert big.entity_ids[:n] == src.entity_ids and big.relation_ids == src.relation_ids
+    assert len(big.vocab.entity_ids) == 3 * n + 7 and len(set(big.vocab.entity_ids)) == 3 * n + 7
+    assert big.vocab.entity_ids[:n] == src.vocab.entity_ids and big.vocab.relation_ids == src.vocab.relation_ids
     for split in ("train", "valid", "test"):
         assert (big.triples[split] == src.triples[split]).all()
     a, b = src.model.eval(), big.model.eval()
@@ -40,5 +40,5 @@ def test_scaled_bundle_keeps_the_trained_model_on_its_original_entities(slice_bu
 def test_random_synthetic_bundle_loads(tmp_path: Path) -> None:
     out = make_synthetic(tmp_path / "syn", 500, relations=5, dim=8)
     b = load_bundle(out)
-    assert len(b.entity_ids) == 500 and b.num_relations == 5
+    assert len(b.vocab.entity_ids) == 500 and b.num_relations == 5
     assert set(b.model.cfg.modalities) == {"text", "numeric"}

@@ -11,24 +11,26 @@ import numpy as np
 import pytest
 import torch
 
-import model.bundle as bundle_mod
-from model.bundle import load_bundle, save_bundle
-from model.data import load_dataset
+import model.bundle.format as bundle_mod
+from model.bundle.format import load_bundle, save_bundle
+from model.kg.dataset import load_dataset
 from model.errors import BundleError, UnknownNameError
-from model.train import TrainConfig, train
+from model.network.imf import IMFConfig
+from model.training.config import TrainConfig
+from model.training.loop import train
 
 
 @pytest.fixture()
 def trained(tiny_dataset: Path):
     ds = load_dataset(tiny_dataset)
-    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=4), ds, progress=False, dim=8, relation_dim=4)
+    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=4), ds, progress=False, model_config=IMFConfig(dim=8, relation_dim=4))
     return result, ds
 
 
 @pytest.fixture()
 def saved(trained, tmp_path: Path) -> Path:
     result, ds = trained
-    return save_bundle(tmp_path / "run", result.model, ds, training={"epochs": 2}, metrics={"valid": result.valid_metrics})
+    return save_bundle(tmp_path / "run", result.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={"epochs": 2}, metrics={"valid": result.valid_metrics})
 
 
 def test_round_trip_gives_identical_scores(trained, saved: Path) -> None:
@@ -41,7 +43,7 @@ def test_round_trip_gives_identical_scores(trained, saved: Path) -> None:
         l2, w2, p2 = b.model.score_candidates(heads, rels)
     assert torch.equal(p1, p2) and torch.equal(w1, w2)
     assert all(torch.equal(l1[k], l2[k]) for k in l1)
-    assert b.entity_ids == ds.entity_ids and b.entity_names == ds.entity_names
+    assert b.vocab.entity_ids == ds.entity_ids and b.vocab.entity_names == ds.entity_names
     assert np.array_equal(b.triples["test"], ds.test)
     m = b.manifest
     assert m["format_version"] == 1 and m["dataset"]["fingerprint"] == ds.fingerprint
@@ -52,20 +54,20 @@ def test_round_trip_gives_identical_scores(trained, saved: Path) -> None:
 
 def test_names_and_ids_resolve(saved: Path) -> None:
     b = load_bundle(saved)
-    assert b.entity("a") == 0
-    assert b.entity("Entity B") == 1 and b.entity("entity b") == 1
-    assert b.relation("likes") == 0
+    assert b.vocab.entity("a") == 0
+    assert b.vocab.entity("Entity B") == 1 and b.vocab.entity("entity b") == 1
+    assert b.vocab.relation("likes") == 0
     with pytest.raises(UnknownNameError) as info:
-        b.entity("Entity Q")
+        b.vocab.entity("Entity Q")
     # Every "Entity X" is equally close to "Entity Q": five of them, most-connected first.
     assert len(info.value.suggestions) == 5 and all(x.startswith("Entity ") for x in info.value.suggestions)
-    assert b.entity_names[b.entity(info.value.suggestions[0])] == info.value.suggestions[0]
+    assert b.vocab.entity_names[b.vocab.entity(info.value.suggestions[0])] == info.value.suggestions[0]
     with pytest.raises(UnknownNameError) as info:
-        b.entity("Entity Bb")
+        b.vocab.entity("Entity Bb")
     assert info.value.suggestions[0] == "Entity B"
     with pytest.raises(UnknownNameError):
-        b.relation("hates")
-    assert b.search_entities("entity", limit=3) and b.search_entities("zzz") == []
+        b.vocab.relation("hates")
+    assert b.vocab.search_entities("entity", limit=3) and b.vocab.search_entities("zzz") == []
 
 
 def test_weights_are_safetensors_not_pickle(saved: Path) -> None:
@@ -150,10 +152,10 @@ def test_vocabulary_names_round_trip_any_character(trained, tmp_path: Path) -> N
     assert len(odd) == ds.num_entities
     ds.entity_names[:] = odd
     ds.entity_descriptions[0] = "a\nmulti-line\tdescription\u2028"
-    out = save_bundle(tmp_path / "odd", result.model, ds, training={}, metrics={})
+    out = save_bundle(tmp_path / "odd", result.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={}, metrics={})
     b = load_bundle(out)
-    assert b.entity_names == ds.entity_names and b.entity_descriptions == ds.entity_descriptions
-    assert b.entity("new\nline") == 1
+    assert b.vocab.entity_names == ds.entity_names and b.vocab.entity_descriptions == ds.entity_descriptions
+    assert b.vocab.entity("new\nline") == 1
     assert len((out / "entities.tsv").read_text(encoding="utf-8").split("\n")) == ds.num_entities + 1
 
 
@@ -177,18 +179,18 @@ def test_interrupted_write_leaves_nothing(trained, tmp_path: Path, monkeypatch) 
     monkeypatch.setattr(bundle_mod, "save_file", failing)
     (tmp_path / "artifacts").mkdir()
     with pytest.raises(OSError, match="disk full"):
-        save_bundle(tmp_path / "artifacts" / "run", result.model, ds, training={}, metrics={})
+        save_bundle(tmp_path / "artifacts" / "run", result.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={}, metrics={})
     assert os.listdir(tmp_path / "artifacts") == []
 
 
 def test_existing_bundle_needs_overwrite(trained, saved: Path) -> None:
     result, ds = trained
     with pytest.raises(BundleError, match="already exists"):
-        save_bundle(saved, result.model, ds, training={}, metrics={})
+        save_bundle(saved, result.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={}, metrics={})
     before = load_bundle(saved).fingerprint
     with torch.no_grad():
         result.model.entity.weight.add_(1.0)
-    save_bundle(saved, result.model, ds, training={}, metrics={}, overwrite=True)
+    save_bundle(saved, result.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={}, metrics={}, overwrite=True)
     assert load_bundle(saved).fingerprint != before
     assert [n for n in os.listdir(saved.parent) if "run" in n] == ["run"]  # no temp or old copies left
 

@@ -232,11 +232,11 @@ def test_blackholed_redis_is_skipped_by_the_circuit_breaker() -> None:
 @pytest.mark.redis
 def test_service_with_real_redis_and_redis_failing_mid_run(slice_bundle: Path, redis_server: RedisServer) -> None:
     settings = Settings(bundle=slice_bundle, redis_url=redis_server.url, redis_timeout_s=0.2, save_index=False)
-    from model.bundle import load_bundle
+    from model.bundle.format import load_bundle
 
     b = load_bundle(slice_bundle)
     h, r, _ = b.triples["train"][3].tolist()
-    req = {"head": b.entity_ids[h], "relation": b.relation_ids[r], "k": 5}
+    req = {"head": b.vocab.entity_ids[h], "relation": b.vocab.relation_ids[r], "k": 5}
     with TestClient(create_app(settings)) as c:
         ready = wait_ready(c)
         assert ready["cache"] == {"backend": "redis", "ok": True, "circuit": "closed"}
@@ -276,7 +276,7 @@ def test_new_model_never_serves_old_answers(slice_bundle: Path, redis_server: Re
     import torch
     from safetensors.torch import load_file, save_file
 
-    from model.bundle import sha256_file
+    from model.bundle.format import sha256_file
 
     other = tmp_path / "other"
     _shutil.copytree(slice_bundle, other)
@@ -289,11 +289,11 @@ def test_new_model_never_serves_old_answers(slice_bundle: Path, redis_server: Re
     manifest["model_fingerprint"] = digest
     (other / "manifest.json").write_text(_json.dumps(manifest))
 
-    from model.bundle import load_bundle
+    from model.bundle.format import load_bundle
 
     b = load_bundle(slice_bundle)
     h, r, _ = b.triples["train"][5].tolist()
-    req = {"head": b.entity_ids[h], "relation": b.relation_ids[r], "k": 5}
+    req = {"head": b.vocab.entity_ids[h], "relation": b.vocab.relation_ids[r], "k": 5}
     base = Settings(bundle=slice_bundle, redis_url=redis_server.url, save_index=False)
     with TestClient(create_app(base)) as c:
         wait_ready(c)

@@ -1,10 +1,10 @@
-"""Calibration maps (model.calibration) against slow, obviously correct references."""
+"""Calibration maps (model.bundle.calibration) against slow, obviously correct references."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from model.calibration import Calibration, ECE_SLACK, _fit_isotonic, choose_method, _fit_platt, calibration_metrics, fit_calibration, fit_method, relation_families, Samples
+from model.bundle.calibration import Calibration, ECE_SLACK, _fit_isotonic, choose_method, _fit_platt, calibration_metrics, fit_calibration, fit_method, relation_families, Samples
 
 
 def test_platt_recovers_known_parameters() -> None:
@@ -82,14 +82,16 @@ def test_relation_families_count_answers_per_query() -> None:
 
 def test_extras_fit_on_a_graph_smaller_than_the_cut_off(tiny_dataset) -> None:
     """6 entities, fewer than CANDIDATES: the samples are every entity, nothing fails."""
-    from model.bundle import load_bundle, save_bundle
-    from model.data import load_dataset
-    from model.extras import fit_extras
-    from model.train import TrainConfig, train
+    from model.bundle.format import load_bundle, save_bundle
+    from model.kg.dataset import load_dataset
+    from model.pipeline import fit_extras
+    from model.network.imf import IMFConfig
+    from model.training.config import TrainConfig
+    from model.training.loop import train
 
     ds = load_dataset(tiny_dataset)
-    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, seed=0, patience=100), ds, progress=False, dim=8, relation_dim=8)
-    out = save_bundle(tiny_dataset.parent / "bundle", result.model, ds, training={}, metrics={})
+    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, seed=0, patience=100), ds, progress=False, model_config=IMFConfig(dim=8, relation_dim=8))
+    out = save_bundle(tiny_dataset.parent / "bundle", result.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={}, metrics={})
     fit_extras(out, dataset=tiny_dataset)
     b = load_bundle(out)
     assert b.calibration is not None and b.feature_map is not None

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from bench.campaign import ServerProcess, Traffic, closed_loop, phase_bundles, phase_mixed, phase_redis
-from model.bundle import load_bundle
+from model.bundle.format import load_bundle
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None and not __import__("os").environ.get("CI"), reason="redis-server not installed")
 
@@ -57,7 +57,7 @@ def test_sigterm_lets_in_flight_requests_finish(slice_bundle: Path) -> None:
     results: list = []
 
     def heavy(i: int) -> None:  # a big batch: long enough to be in flight when the signal comes
-        qs = [{"head": b.entity_ids[(i * 64 + j) % len(b.entity_ids)], "relation": b.relation_ids[j % len(b.relation_ids)], "k": 50} for j in range(64)]
+        qs = [{"head": b.vocab.entity_ids[(i * 64 + j) % len(b.vocab.entity_ids)], "relation": b.vocab.relation_ids[j % len(b.vocab.relation_ids)], "k": 50} for j in range(64)]
         try:
             results.append(httpx.post(f"{server.base}/predict/batch", json={"queries": qs}, timeout=60).status_code)
         except httpx.TransportError as exc:
@@ -94,5 +94,5 @@ def test_traffic_mix_names_are_real(slice_bundle: Path) -> None:
     t = Traffic(slice_bundle)
     b = load_bundle(slice_bundle, verify=False)
     method, path, body = t.valid()
-    assert method == "POST" and body["head"] in b.entity_names and body["relation"] in b.relation_ids
+    assert method == "POST" and body["head"] in b.vocab.entity_names and body["relation"] in b.vocab.relation_ids
     assert asyncio.iscoroutinefunction(closed_loop)

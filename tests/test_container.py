@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model.bundle import load_bundle
+from model.bundle.format import load_bundle
 from tests.test_cache import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -211,7 +211,7 @@ def query(extras_bundle: Path) -> dict:
     """A real query of the mounted model, by entity name (as a user would send it)."""
     b = load_bundle(extras_bundle)
     h, r, t = b.triples["train"][0].tolist()
-    return {"head": b.entity_names[h], "relation": b.relation_ids[r], "k": 5, "tail": b.entity_ids[t], "fingerprint": b.fingerprint}
+    return {"head": b.vocab.entity_names[h], "relation": b.vocab.relation_ids[r], "k": 5, "tail": b.vocab.entity_ids[t], "fingerprint": b.fingerprint}
 
 
 def test_image_is_lean_unprivileged_and_cpu_only(stack: Stack) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from model.cli import main as cli_main
-from model.data import BUILTIN_DATASETS, load_dataset, project_data_dir
+from model.kg.dataset import BUILTIN_DATASETS, load_dataset, project_data_dir
 from model.errors import DataError, UnknownNameError
 
 from tests.conftest import write_dataset
@@ -50,7 +50,7 @@ def test_builtin_evaluation_splits_share_no_triple_with_train(name: str) -> None
 
 
 def test_converter_drops_evaluation_triples_seen_in_train() -> None:
-    from model.datasets import RawKG, _clean
+    from model.kg.builtin import RawKG, _clean
 
     raw = RawKG(
         name="x", description="", entity_names={}, entity_descriptions={}, relation_names={}, default_modalities=[], sources=[],

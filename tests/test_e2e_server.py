@@ -17,7 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from bench.campaign import wait_ready
-from model.bundle import load_bundle
+from model.bundle.format import load_bundle
 from tests.test_cache import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,14 +61,14 @@ def test_real_server_answers_over_http(live_server: str, slice_bundle: Path) -> 
     h, r, t = b.triples["train"][0].tolist()
     with httpx.Client(base_url=live_server, timeout=30) as http:
         assert http.get("/health").json() == {"status": "ok"}
-        res = http.post("/predict", json={"head": b.entity_names[h], "relation": b.relation_ids[r], "k": 3})
+        res = http.post("/predict", json={"head": b.vocab.entity_names[h], "relation": b.vocab.relation_ids[r], "k": 3})
         assert res.status_code == 200 and res.headers["content-type"].startswith("application/json")
         body = res.json()
         assert body["model"] == b.fingerprint and len(body["predictions"]) == 3 and body["cached"] is False
-        assert http.post("/predict", json={"head": b.entity_names[h], "relation": b.relation_ids[r], "k": 3}).json()["cached"] is True
-        exp = http.post("/explain", json={"head": b.entity_ids[h], "relation": b.relation_ids[r], "tail": b.entity_ids[t]}).json()
-        assert exp["predictions"][0]["entity"] == b.entity_ids[t]
-        bad = http.post("/predict", json={"head": b.entity_ids[h], "relation": b.relation_ids[r], "k": 1000})
+        assert http.post("/predict", json={"head": b.vocab.entity_names[h], "relation": b.vocab.relation_ids[r], "k": 3}).json()["cached"] is True
+        exp = http.post("/explain", json={"head": b.vocab.entity_ids[h], "relation": b.vocab.relation_ids[r], "tail": b.vocab.entity_ids[t]}).json()
+        assert exp["predictions"][0]["entity"] == b.vocab.entity_ids[t]
+        bad = http.post("/predict", json={"head": b.vocab.entity_ids[h], "relation": b.vocab.relation_ids[r], "k": 1000})
         assert bad.status_code == 422 and "error" in bad.json()
         assert "imf_requests_total" in http.get("/metrics").text
 

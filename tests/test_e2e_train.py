@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.bundle import load_bundle, save_bundle
+from model.bundle.format import load_bundle, save_bundle
 from model.cli import main as cli_main
-from model.data import load_dataset
-from model.evaluate import evaluate
-from model.imf import expected_random_mrr
-from model.train import TrainConfig, train
+from model.kg.dataset import load_dataset
+from model.evaluation.ranking import evaluate
+from model.network.imf import expected_random_mrr
+from model.network.imf import IMFConfig
+from model.training.config import TrainConfig
+from model.training.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,17 +56,18 @@ def test_training_never_reads_the_test_split(fb15k_slice: Path) -> None:
     # in model selection, say) sees a different split, while honest training cannot tell.
     import dataclasses
 
-    from model.train import TrainConfig, train
+    from model.training.config import TrainConfig
+    from model.training.loop import train
 
     ds = load_dataset(fb15k_slice)
     other = dataclasses.replace(ds, test=np.concatenate([ds.test, ds.train[:2000]]))
     cfg = TrainConfig(dataset=str(fb15k_slice), epochs=3, lr=0.01, seed=3, patience=100)
-    ra = train(cfg, ds, progress=False, dim=16, relation_dim=16)
-    rb = train(cfg, other, progress=False, dim=16, relation_dim=16)
+    ra = train(cfg, ds, progress=False, model_config=IMFConfig(dim=16, relation_dim=16))
+    rb = train(cfg, other, progress=False, model_config=IMFConfig(dim=16, relation_dim=16))
     assert [h["loss"] for h in ra.history] == [h["loss"] for h in rb.history]
     assert [h["valid_mrr"] for h in ra.history] == [h["valid_mrr"] for h in rb.history]
     assert ra.best_epoch == rb.best_epoch and ra.valid_metrics["mrr"] == rb.valid_metrics["mrr"]
-    from model.triples import AnswerIndex
+    from model.kg.triples import AnswerIndex
 
     idx = AnswerIndex(ds.all_triples(), ds.num_entities, ds.num_relations)
     # the two test splits really differ to a reader: their MRR is not the same
@@ -80,8 +83,8 @@ def test_manifest_records_selection_on_valid_only(run_dir: Path) -> None:
 
 def test_bundle_round_trip_gives_identical_scores_and_metrics(fb15k_slice: Path, tmp_path: Path) -> None:
     ds = load_dataset(fb15k_slice)
-    result = train(TrainConfig(dataset=str(fb15k_slice), epochs=2, lr=0.01), ds, progress=False, dim=16, relation_dim=16)
-    before = evaluate(result.model, ds.test, load_bundle(save_bundle(tmp_path / "b", result.model, ds, training={}, metrics={})).known, split="test")
+    result = train(TrainConfig(dataset=str(fb15k_slice), epochs=2, lr=0.01), ds, progress=False, model_config=IMFConfig(dim=16, relation_dim=16))
+    before = evaluate(result.model, ds.test, load_bundle(save_bundle(tmp_path / "b", result.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={}, metrics={})).known, split="test")
     loaded = load_bundle(tmp_path / "b")
     after = evaluate(loaded.model, loaded.triples["test"], loaded.known, split="test")
     assert before == after
@@ -97,14 +100,14 @@ def test_cli_predict_prints_ranked_names(run_dir: Path, capsys) -> None:
     b = load_bundle(run_dir)
     h, r, _ = b.triples["train"][0].tolist()
     capsys.readouterr()
-    assert cli_main(["predict", str(run_dir), "--head", b.entity_names[h], "--relation", b.relation_ids[r], "-k", "4"]) == 0
+    assert cli_main(["predict", str(run_dir), "--head", b.vocab.entity_names[h], "--relation", b.vocab.relation_ids[r], "-k", "4"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith(f"({b.entity_names[h]}, {b.relation_ids[r]}, ?)")
+    assert lines[0].startswith(f"({b.vocab.entity_names[h]}, {b.vocab.relation_ids[r]}, ?)")
     assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3", "4"]
-    assert cli_main(["predict", str(run_dir), "--head", b.entity_ids[h], "--relation", b.relation_ids[r], "-k", "3", "--direction", "head", "--json"]) == 0
+    assert cli_main(["predict", str(run_dir), "--head", b.vocab.entity_ids[h], "--relation", b.vocab.relation_ids[r], "-k", "3", "--direction", "head", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert len(payload["predictions"]) == 3 and payload["model"] == b.fingerprint
-    assert cli_main(["predict", str(run_dir), "--head", "No Such Entity", "--relation", b.relation_ids[r]]) == 2
+    assert cli_main(["predict", str(run_dir), "--head", "No Such Entity", "--relation", b.vocab.relation_ids[r]]) == 2
     assert "unknown entity" in capsys.readouterr().err
 
 

@@ -186,19 +186,19 @@ def test_explain_decomposes_the_score(predictor: Predictor) -> None:
 def test_resolution_by_id_and_name_and_errors(predictor: Predictor) -> None:
     b = predictor.bundle
     e = 5
-    q1 = predictor.resolve(b.entity_ids[e], b.relation_ids[0], direction="tail", k=3, filter_known=True)
-    q2 = predictor.resolve(b.entity_names[e].upper(), b.relation_names[0], direction="tail", k=3, filter_known=True)
+    q1 = predictor.resolve(b.vocab.entity_ids[e], b.vocab.relation_ids[0], direction="tail", k=3, filter_known=True)
+    q2 = predictor.resolve(b.vocab.entity_names[e].upper(), b.vocab.relation_names[0], direction="tail", k=3, filter_known=True)
     assert q1 == q2 and q1.cache_key("f" * 64, predictor.retrieval) == q2.cache_key("f" * 64, predictor.retrieval)
     with pytest.raises(NotFound) as info:
-        predictor.resolve(b.entity_names[e] + "x", b.relation_ids[0], direction="tail", k=3, filter_known=True)
-    assert info.value.field == "head" and b.entity_names[e] in info.value.suggestions
+        predictor.resolve(b.vocab.entity_names[e] + "x", b.vocab.relation_ids[0], direction="tail", k=3, filter_known=True)
+    assert info.value.field == "head" and b.vocab.entity_names[e] in info.value.suggestions
     with pytest.raises(NotFound) as info:
-        predictor.resolve(b.entity_ids[e], "/no/such/relation", direction="tail", k=3, filter_known=True)
+        predictor.resolve(b.vocab.entity_ids[e], "/no/such/relation", direction="tail", k=3, filter_known=True)
     assert info.value.field == "relation"
     with pytest.raises(InvalidRequest):
-        predictor.resolve(b.entity_ids[e], b.relation_ids[0], direction="tail", k=0, filter_known=True)
+        predictor.resolve(b.vocab.entity_ids[e], b.vocab.relation_ids[0], direction="tail", k=0, filter_known=True)
     with pytest.raises(InvalidRequest):
-        predictor.resolve(b.entity_ids[e], b.relation_ids[0], direction="up", k=3, filter_known=True)
+        predictor.resolve(b.vocab.entity_ids[e], b.vocab.relation_ids[0], direction="up", k=3, filter_known=True)
 
 
 def test_index_is_saved_with_fingerprint_and_reused(slice_bundle: Path, tmp_path: Path) -> None:
@@ -248,7 +248,7 @@ def test_tampered_index_is_refused_and_rebuilt(slice_bundle: Path, tmp_path: Pat
     q = queries(p2, 1, 1)[0]
     assert [r.entity for r in p2.predict(q)] == [r.entity for r in p1.predict(q)]
     meta = json.loads((copy / INDEX_DIR / "flat.json").read_text())
-    from model.bundle import sha256_file
+    from model.bundle.format import sha256_file
 
     assert meta["sha256"] == sha256_file(path)
     assert CandidateIndex.load(copy / INDEX_DIR, "flat", p1.bundle.fingerprint, p1.index.index.d, p1.num_entities) is not None

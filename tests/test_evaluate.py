@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.evaluate import filtered_ranks, metrics_from_ranks, rank_triples, summarize
-from model.imf import FUSED, IMF, IMFConfig
-from model.triples import AnswerIndex
+from model.evaluation.ranking import filtered_ranks, metrics_from_ranks, rank_triples, summarize
+from model.network.imf import FUSED, IMF, IMFConfig
+from model.kg.triples import AnswerIndex
 
 
 def test_hand_made_ranks_with_ties_and_filtering() -> None:
@@ -82,7 +82,7 @@ def test_rank_triples_matches_per_triple_reference(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_top_k_with_filter_matches_a_full_sort(seed: int) -> None:
-    from model.predict import top_k_with_filter
+    from model.evaluation.predict import top_k_with_filter
 
     rng = np.random.default_rng(seed)
     scores = rng.integers(0, 50, 2000).astype(np.float64)  # many ties, also at the cut

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import model.datasets
-from model import features as F
-from model.data import BUILTIN_DATASETS, read_vocab, load_dataset, load_feature_file, project_data_dir
+import model.kg.builtin
+from model.features import numeric, store, visual
+from model.features import text as text_features
+from model.kg.dataset import BUILTIN_DATASETS, read_vocab, load_dataset, load_feature_file, project_data_dir
 from model.errors import DataError
 
 # ---------------------------------------------------------------------------------------------
@@ -30,7 +31,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def source_dir() -> Path:
-    src = Path(model.datasets.default_source_dir())
+    src = Path(model.kg.builtin.default_source_dir())
     if not src.is_dir():
         # One rule for missing prerequisites (as for redis-server): skipped on a user's clone,
         # a failure under CI, where ../shared is always beside the checkout.
@@ -50,7 +51,7 @@ def real_texts(source_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def text_vectors(real_texts: list[str]) -> np.ndarray:
     """One encoder load and one call for every text test: TEXTS then the real glosses."""
-    return F.encode_texts(TEXTS + real_texts, batch_size=4)
+    return text_features.encode_texts(TEXTS + real_texts, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def images(source_dir: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def image_vectors(images: dict[str, Path]) -> np.ndarray:
     """One encoder load and one call: rows in the order of `images`."""
-    return F.encode_images(list(images.values()))
+    return visual.encode_images(list(images.values()))
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,7 +89,7 @@ def _tiny_dataset(root: Path, ids: list[str]) -> Path:
 
 
 def test_text_vectors_shape_finite_unit_norm(text_vectors: np.ndarray, real_texts: list[str]) -> None:
-    assert text_vectors.shape == (len(TEXTS) + len(real_texts), F.TEXT_DIM)
+    assert text_vectors.shape == (len(TEXTS) + len(real_texts), text_features.TEXT_DIM)
     assert text_vectors.dtype == np.float32
     assert np.isfinite(text_vectors).all()
     np.testing.assert_allclose(np.linalg.norm(text_vectors, axis=1), 1.0, atol=1e-5)
@@ -101,18 +102,18 @@ def test_text_semantics(text_vectors: np.ndarray) -> None:
 
 
 def test_text_deterministic_and_empty(text_vectors: np.ndarray) -> None:
-    again = F.encode_texts(TEXTS[:1])
+    again = text_features.encode_texts(TEXTS[:1])
     np.testing.assert_allclose(again[0], text_vectors[0], atol=1e-5)
-    assert F.encode_texts([]).shape == (0, F.TEXT_DIM)
+    assert text_features.encode_texts([]).shape == (0, text_features.TEXT_DIM)
 
 
 def test_entity_text_rule() -> None:
-    assert F.entity_text("/m/02mjmr", "Barack Obama", "44th president") == "Barack Obama: 44th president"
-    assert F.entity_text("/m/02mjmr", "Barack Obama", "") == "Barack Obama"
-    assert F.entity_text("/m/0abc", "/m/0abc", "") is None  # nothing readable: left out
-    assert F.entity_text("/m/0abc", "/m/0abc", "a thing") == "/m/0abc: a thing"
-    assert F.entity_text("JavaScript", "JavaScript", "") == "JavaScript"  # readable id kept
-    assert F.entity_text("Q42", "Q42", "") is None
+    assert text_features.entity_text("/m/02mjmr", "Barack Obama", "44th president") == "Barack Obama: 44th president"
+    assert text_features.entity_text("/m/02mjmr", "Barack Obama", "") == "Barack Obama"
+    assert text_features.entity_text("/m/0abc", "/m/0abc", "") is None  # nothing readable: left out
+    assert text_features.entity_text("/m/0abc", "/m/0abc", "a thing") == "/m/0abc: a thing"
+    assert text_features.entity_text("JavaScript", "JavaScript", "") == "JavaScript"  # readable id kept
+    assert text_features.entity_text("Q42", "Q42", "") is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,15 +123,15 @@ def test_entity_text_rule() -> None:
 
 def test_load_image_preprocessing(images: dict[str, Path]) -> None:
     for p in images.values():  # the greyscale one is converted to 3 channels
-        x = F.load_image(p)
-        assert x.shape == (3, F.IMAGE_CROP, F.IMAGE_CROP) and x.dtype == np.float32
+        x = visual.load_image(p)
+        assert x.shape == (3, visual.IMAGE_CROP, visual.IMAGE_CROP) and x.dtype == np.float32
         assert x.min() >= -127 / 128 and x.max() <= 128 / 128
-    grey = F.load_image(images["grey"])
+    grey = visual.load_image(images["grey"])
     np.testing.assert_array_equal(grey[0], grey[1])
 
 
 def test_image_vectors(image_vectors: np.ndarray, images: dict[str, Path]) -> None:
-    assert image_vectors.shape == (len(images), F.VISUAL_DIM)
+    assert image_vectors.shape == (len(images), visual.VISUAL_DIM)
     assert image_vectors.dtype == np.float32
     assert np.isfinite(image_vectors).all()
     # The pooled map follows a ReLU6, so every feature lies in [0, 6]; none is all-zero.
@@ -142,16 +143,16 @@ def test_image_vectors(image_vectors: np.ndarray, images: dict[str, Path]) -> No
 
 
 def test_image_deterministic(image_vectors: np.ndarray, images: dict[str, Path]) -> None:
-    again = F.encode_images([images["grey"]])  # alone, not in the fixture's batch
+    again = visual.encode_images([images["grey"]])  # alone, not in the fixture's batch
     np.testing.assert_allclose(again[0], image_vectors[1], atol=1e-4)
-    assert F.encode_images([]).shape == (0, F.VISUAL_DIM)
+    assert visual.encode_images([]).shape == (0, visual.VISUAL_DIM)
 
 
 def test_undecodable_image(tmp_path: Path) -> None:
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match="cannot decode image"):
-        F.encode_images([bad])
+        visual.encode_images([bad])
 
 
 def test_build_visual_features(
@@ -165,19 +166,19 @@ def test_build_visual_features(
             shutil.copy(f, root / folder / f.name)
     (root / "n00000001").mkdir()  # matches an entity but holds no image
     (root / "n00000001" / "notes.txt").write_text("no image here", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="model.features"):
-        path = F.build_visual_features(ds, root)
+    with caplog.at_level(logging.WARNING, logger="model.features.visual"):
+        path = visual.build_visual_features(ds, root)
     assert "n09999999" in caplog.text and "n00000001" in caplog.text
     ids = (ds / "features" / "visual.ids.txt").read_text(encoding="utf-8").split()
     assert ids == ["/m/0_jm", "n01443537"]  # entity order; m.X mapped to /m/X
     matrix = np.load(path, allow_pickle=False)
-    assert matrix.dtype == np.float16 and matrix.shape == (2, F.VISUAL_DIM)
+    assert matrix.dtype == np.float16 and matrix.shape == (2, visual.VISUAL_DIM)
     rgb, grey, fb = image_vectors
     np.testing.assert_allclose(matrix[0].astype(np.float32), (fb + grey) / 2, rtol=2e-3, atol=2e-3)  # mean of its images
     np.testing.assert_allclose(matrix[1].astype(np.float32), rgb, rtol=2e-3, atol=2e-3)
 
     with pytest.raises(DataError, match="no image folder matches"):
-        F.build_visual_features(_tiny_dataset(tmp_path / "other", ["x"]), root)
+        visual.build_visual_features(_tiny_dataset(tmp_path / "other", ["x"]), root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def test_normalise_numeric_by_hand() -> None:
         "e5": {"zzz": [1.0]},  # only an attribute outside the list: left out
         "outside": {"a": [100.0]},  # not in entity_ids: ignored
     }
-    matrix, ids = F.normalise_numeric(values, ["e0", "e1", "e2", "e3", "e4", "e5"], ["a", "b", "c", "d"])
+    matrix, ids = numeric.normalise_numeric(values, ["e0", "e1", "e2", "e3", "e4", "e5"], ["a", "b", "c", "d"])
     assert ids == ["e1", "e2", "e3"]
     # a: log1p(2) = ln 3 and -ln 3 -> mean 0, std ln 3 -> z = +1, -1 (averaging after the log
     #    would give ln(sqrt 2 * 2) != ln 3 and a different z for e1 than -z for e2).
@@ -217,7 +218,7 @@ def test_normalise_numeric_by_hand() -> None:
 def test_normalise_numeric_clips_at_8() -> None:
     # 100 zeros and one outlier: z(outlier) = 100 / 10 = 10 -> clipped to 8; z(zeros) = -0.1.
     values = {f"z{i}": {"a": [0.0]} for i in range(100)} | {"big": {"a": [12345.0]}}
-    matrix, ids = F.normalise_numeric(values, list(values), ["a"])
+    matrix, ids = numeric.normalise_numeric(values, list(values), ["a"])
     assert ids[-1] == "big"
     assert matrix[-1, 0] == pytest.approx(8.0)
     np.testing.assert_allclose(matrix[:-1, 0], -0.1, atol=1e-6)
@@ -232,7 +233,7 @@ def test_build_numeric_features(tmp_path: Path) -> None:
         f"/m/a\t<{ns}p.height>\t2.0\n/m/b\t<{ns}p.height>\t-2.0\n/m/b\t<{ns}q.year>\t1990\n/m/zz\t<{ns}q.year>\t5\n",
         encoding="utf-8",
     )
-    path = F.build_numeric_features(ds, src)
+    path = numeric.build_numeric_features(ds, src)
     cols = (ds / "features" / "numeric.columns.txt").read_text(encoding="utf-8").split()
     assert cols == ["p.height", "q.year", "has:p.height", "has:q.year"]
     assert (ds / "features" / "numeric.ids.txt").read_text(encoding="utf-8").split() == ["/m/a", "/m/b"]
@@ -240,7 +241,7 @@ def test_build_numeric_features(tmp_path: Path) -> None:
 
     src.write_text(f"/m/a\t<{ns}p.height>\tnan\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"num\.txt:1: non-finite"):
-        F.build_numeric_features(ds, src)
+        numeric.build_numeric_features(ds, src)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +252,7 @@ def test_build_numeric_features(tmp_path: Path) -> None:
 def test_write_features_roundtrip(tmp_path: Path) -> None:
     ds = _tiny_dataset(tmp_path / "ds", ["a", "b", "c"])
     m = np.arange(6, dtype=np.float32).reshape(2, 3) / 4
-    path = F.write_features(ds, "toy", m, ["c", "a"])
+    path = store.write_features(ds, "toy", m, ["c", "a"])
     assert path == ds / "features" / "toy.npy"
     assert sorted(p.name for p in (ds / "features").iterdir()) == ["toy.ids.txt", "toy.npy"]
     assert np.load(path, allow_pickle=False).dtype == np.float16
@@ -275,20 +276,20 @@ def test_write_features_roundtrip(tmp_path: Path) -> None:
 def test_write_features_rejects(tmp_path: Path, matrix: np.ndarray, ids: list[str], message: str) -> None:
     ds = _tiny_dataset(tmp_path / "ds", ["a", "b", "c"])
     with pytest.raises(DataError, match=message):
-        F.write_features(ds, "toy", matrix, ids)
+        store.write_features(ds, "toy", matrix, ids)
     feat_dir = ds / "features"
     assert not feat_dir.exists() or not any(feat_dir.iterdir())  # nothing, not even a temp file
 
 
 def test_write_features_failure_keeps_previous_files(tmp_path: Path) -> None:
     ds = _tiny_dataset(tmp_path / "ds", ["a", "b"])
-    F.write_features(ds, "toy", np.ones((1, 2)), ["a"])
+    store.write_features(ds, "toy", np.ones((1, 2)), ["a"])
     before = {p.name: p.read_bytes() for p in (ds / "features").iterdir()}
     with pytest.raises(DataError):
-        F.write_features(ds, "toy", np.full((2, 2), np.nan), ["a", "b"])
+        store.write_features(ds, "toy", np.full((2, 2), np.nan), ["a", "b"])
     assert {p.name: p.read_bytes() for p in (ds / "features").iterdir()} == before
     with pytest.raises(DataError, match="invalid modality name"):
-        F.write_features(ds, "structure", np.ones((1, 2)), ["a"])
+        store.write_features(ds, "structure", np.ones((1, 2)), ["a"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,9 +297,9 @@ def test_write_features_failure_keeps_previous_files(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 EXPECTED = {
-    "fb15k-237": {"text": F.TEXT_DIM, "visual": F.VISUAL_DIM, "numeric": 232},
-    "db15k": {"text": F.TEXT_DIM},
-    "wn9-img": {"text": F.TEXT_DIM, "visual": F.VISUAL_DIM},
+    "fb15k-237": {"text": text_features.TEXT_DIM, "visual": visual.VISUAL_DIM, "numeric": 232},
+    "db15k": {"text": text_features.TEXT_DIM},
+    "wn9-img": {"text": text_features.TEXT_DIM, "visual": visual.VISUAL_DIM},
 }
 
 
@@ -326,7 +327,7 @@ def test_committed_feature_files(name: str) -> None:
             assert values.min() >= 0 and values.max() <= 6
         elif mod == "numeric":
             half = dim // 2
-            assert np.abs(values[:, :half]).max() <= F.NUMERIC_CLIP
+            assert np.abs(values[:, :half]).max() <= numeric.NUMERIC_CLIP
             assert set(np.unique(values[:, half:]).tolist()) == {0.0, 1.0}
             assert (values[:, half:].sum(axis=1) >= 1).all()
             assert (values[:, :half][values[:, half:] == 0] == 0).all()

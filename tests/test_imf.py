@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.imf import (
+from model.network.imf import (
     IMF,
     MULTIMODAL,
     STRUCTURE,
@@ -17,7 +17,7 @@ from model.imf import (
     IMFConfig,
     expected_random_mrr,
 )
-from model.losses import contrastive_loss, smoothed_targets
+from model.network.losses import contrastive_loss, smoothed_targets
 
 SEEDS = [0, 1, 2, 3]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.losses import fusion_bce, mixture_cross_entropy
+from model.network.losses import fusion_bce, mixture_cross_entropy
 
 
 def reference(logits: list[torch.Tensor], weights: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

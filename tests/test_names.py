@@ -1,4 +1,4 @@
-"""model.names: the trigram name index agrees with slow, obviously correct scans."""
+"""model.kg.names: the trigram name index agrees with slow, obviously correct scans."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import difflib
 import numpy as np
 import pytest
 
-from model.names import MAX_POSTINGS, NameIndex, close_matches
+from model.kg.names import MAX_POSTINGS, NameIndex, close_matches
 
 WORDS = ["barack", "obama", "united", "states", "of", "america", "steven", "spielberg", "new", "york", "city",
          "paris", "france", "film", "award", "best", "actor", "the", "a", "jr.", "ölüdeniz", "東京", "x"]

@@ -1,4 +1,4 @@
-"""Bundle extras (calibration + feature map) and new entities: model.inductive, the engine's
+"""Bundle extras (calibration + feature map) and new entities: model.bundle.feature_map, the engine's
 added-entity path (checked against exhaustive scoring), and the HTTP API with a real file
 store and a real Redis store shared by two app instances."""
 
@@ -15,10 +15,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.bundle import CALIBRATION, FEATURE_MAP, compact_bundle, load_bundle
+from model.bundle.format import CALIBRATION, FEATURE_MAP, load_bundle
+from model.pipeline import compact_bundle
 from model.errors import BundleError
-from model.features import _log_stats, normalise_numeric
-from model.inductive import FeatureMap, projected
+from model.features.numeric import log_stats, normalise_numeric
+from model.bundle.feature_map import FeatureMap, projected
 from service.app import create_app
 from service.engine import Predictor, Query
 from service.settings import Settings
@@ -50,7 +51,7 @@ def test_numeric_features_of_a_new_entity_match_training_normalisation() -> None
     matrix, ids = normalise_numeric(values, ["a", "b", "c"], attrs)
     raw = np.array([[1.8, 70.0], [1.6, 0.0], [0.0, 1.5e6]])
     present = np.array([[True, True], [True, False], [False, True]])
-    mean, std = _log_stats(np.sign(raw) * np.log1p(np.abs(raw)), present)
+    mean, std = log_stats(np.sign(raw) * np.log1p(np.abs(raw)), present)
     fmap = FeatureMap("mean", np.zeros((1, 1)), np.zeros(1), numeric_attributes=attrs, numeric_mean=mean, numeric_std=std)
     for i, key in enumerate(ids):
         row = fmap.numeric_features({a: float(np.mean(v)) for a, v in values[key].items()})
@@ -58,7 +59,7 @@ def test_numeric_features_of_a_new_entity_match_training_normalisation() -> None
 
 
 def test_embed_uses_the_models_own_projection(extras_bundle: Path, fb15k_slice: Path) -> None:
-    from model.data import load_dataset
+    from model.kg.dataset import load_dataset
 
     b = load_bundle(extras_bundle)
     ds = load_dataset(fb15k_slice)
@@ -189,7 +190,7 @@ def test_score_endpoint(new_client: tuple[TestClient, Settings], extras_bundle: 
     c, _ = new_client
     b = load_bundle(extras_bundle)
     h, r, t = b.triples["train"][0].tolist()
-    body = {"head": b.entity_ids[h], "relation": b.relation_ids[r], "tail": b.entity_ids[t]}
+    body = {"head": b.vocab.entity_ids[h], "relation": b.vocab.relation_ids[r], "tail": b.vocab.entity_ids[t]}
     s = c.post("/score", json=body).json()
     assert s["known"] is True and s["rank"] >= 1
     assert math.isclose(sum(x["contribution"] for x in s["branches"].values()), s["score"], rel_tol=1e-9)

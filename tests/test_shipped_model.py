@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model.bundle import load_bundle, read_manifest
+from model.bundle.format import load_bundle, read_manifest
 from tests.test_cache import free_port
 from bench.campaign import wait_ready
 

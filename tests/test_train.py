@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.data import load_dataset
-from model.evaluate import filtered_ranks
-from model.train import TrainConfig, batch_order, resolve_precision, train
+from model.kg.dataset import load_dataset
+from model.evaluation.ranking import filtered_ranks
+from model.network.imf import IMFConfig
+from model.training.config import TrainConfig
+from model.training.loop import batch_order, resolve_precision, train
 
 
 @pytest.mark.parametrize("groups", [0, 1, 4, 8])
@@ -40,9 +42,9 @@ def test_train_config_rejects_bad_values() -> None:
 def test_training_is_deterministic_for_a_seed(tiny_dataset: Path) -> None:
     ds = load_dataset(tiny_dataset)
     cfg = TrainConfig(dataset=str(tiny_dataset), epochs=3, batch_size=4, seed=7, patience=5)
-    a = train(cfg, ds, progress=False, dim=8, relation_dim=4)
-    b = train(cfg, ds, progress=False, dim=8, relation_dim=4)
-    c = train(TrainConfig(dataset=str(tiny_dataset), epochs=3, batch_size=4, seed=8), ds, progress=False, dim=8, relation_dim=4)
+    a = train(cfg, ds, progress=False, model_config=IMFConfig(dim=8, relation_dim=4))
+    b = train(cfg, ds, progress=False, model_config=IMFConfig(dim=8, relation_dim=4))
+    c = train(TrainConfig(dataset=str(tiny_dataset), epochs=3, batch_size=4, seed=8), ds, progress=False, model_config=IMFConfig(dim=8, relation_dim=4))
     sa, sb, sc = a.model.state_dict(), b.model.state_dict(), c.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
@@ -53,7 +55,7 @@ def test_training_is_deterministic_for_a_seed(tiny_dataset: Path) -> None:
 def test_time_budget_stops_training_and_keeps_a_model(tiny_dataset: Path) -> None:
     ds = load_dataset(tiny_dataset)
     cfg = TrainConfig(dataset=str(tiny_dataset), epochs=10_000, batch_size=2, max_minutes=0.02, patience=10_000)
-    result = train(cfg, ds, progress=False, dim=4, relation_dim=2)
+    result = train(cfg, ds, progress=False, model_config=IMFConfig(dim=4, relation_dim=2))
     assert result.stopped_by == "time budget"
     assert result.epochs_run < 10_000
     assert result.best_epoch >= 1
@@ -85,11 +87,11 @@ def test_no_batch_of_one(q: int) -> None:
 def test_training_with_a_trailing_single_query_works(tiny_dataset: Path) -> None:
     """The tiny graph has 12 distinct queries; batch size 11 would leave a batch of one, which
     BatchNorm cannot normalise in training mode."""
-    from model.triples import AnswerIndex
+    from model.kg.triples import AnswerIndex
 
     ds = load_dataset(tiny_dataset)
     assert len(AnswerIndex(ds.train, ds.num_entities, ds.num_relations)) % 11 == 1
-    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=11), ds, progress=False, dim=8, relation_dim=4)
+    result = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=11), ds, progress=False, model_config=IMFConfig(dim=8, relation_dim=4))
     assert result.epochs_run == 2
 
 
@@ -100,7 +102,7 @@ def test_auto_precision_is_fp32_on_cpu_whatever_the_load() -> None:
 
 
 def test_non_finite_loss_stops_training_with_a_clear_error(tiny_dataset: Path, monkeypatch, tmp_path: Path) -> None:
-    import model.train as train_mod
+    import model.training.loop as train_mod
     from model.cli import main as cli_main
     from model.errors import TrainingDiverged
 
@@ -113,7 +115,7 @@ def test_non_finite_loss_stops_training_with_a_clear_error(tiny_dataset: Path, m
     monkeypatch.setattr(train_mod, "training_loss", poisoned)
     ds = load_dataset(tiny_dataset)
     with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1.*lower --lr"):
-        train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=4), ds, progress=False, dim=8, relation_dim=4)
+        train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=4), ds, progress=False, model_config=IMFConfig(dim=8, relation_dim=4))
     out = tmp_path / "never"
     assert cli_main(["train", "--dataset", str(tiny_dataset), "--out", str(out), "--dim", "8", "--quiet"]) == 2
     assert not out.exists() and not list(tmp_path.glob(".never*"))
@@ -126,7 +128,7 @@ def test_batchnorm_statistics_match_between_training_and_evaluation(fb15k_slice:
     statistics): the ranking of the answers barely changes."""
     ds = load_dataset(fb15k_slice)
     cfg = TrainConfig(dataset=str(fb15k_slice), epochs=8, batch_size=64, lr=0.003, loss=loss, patience=100, valid_subset=200, eval_every=8)
-    result = train(cfg, ds, progress=False, dim=32, relation_dim=16, input_dropout=0.0, hidden_dropout1=0.0, hidden_dropout2=0.0)
+    result = train(cfg, ds, progress=False, model_config=IMFConfig(dim=32, relation_dim=16, input_dropout=0.0, hidden_dropout1=0.0, hidden_dropout2=0.0))
     steps = sum(-(-h["queries"] // 64) for h in result.history)
     assert steps >= 300
     model = result.model
@@ -155,28 +157,28 @@ def test_batchnorm_statistics_match_between_training_and_evaluation(fb15k_slice:
 
 
 def test_continued_training_keeps_counting_and_expands_compact_bundles(tiny_dataset: Path, tmp_path: Path) -> None:
-    from model.bundle import save_bundle
+    from model.bundle.format import save_bundle
     from model.errors import BundleError
 
     ds = load_dataset(tiny_dataset)
     kw = dict(dim=8, relation_dim=4)
-    first = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=4, seed=1, patience=10), ds, progress=False, **kw)
+    first = train(TrainConfig(dataset=str(tiny_dataset), epochs=2, batch_size=4, seed=1, patience=10), ds, progress=False, model_config=IMFConfig(**kw))
     hist = [dict(h) for h in first.history]
-    full = save_bundle(tmp_path / "full", first.model, ds, training={"history": hist}, metrics={})
-    more = train(TrainConfig(dataset=str(tiny_dataset), epochs=4, batch_size=4, seed=1, patience=10, init_from=str(full)), ds, progress=False, **kw)
+    full = save_bundle(tmp_path / "full", first.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={"history": hist}, metrics={})
+    more = train(TrainConfig(dataset=str(tiny_dataset), epochs=4, batch_size=4, seed=1, patience=10, init_from=str(full)), ds, progress=False, model_config=IMFConfig(**kw))
     assert [h["epoch"] for h in more.history] == [1, 2, 3, 4]
     assert more.history[:2] == hist
     assert more.history[2]["train_s"] > hist[-1]["train_s"]
     # A compact bundle (the shipped kind) is expanded against the dataset's features and goes on.
-    compact = save_bundle(tmp_path / "compact", first.model, ds, training={"history": hist}, metrics={}, compact=True)
-    again = train(TrainConfig(dataset=str(tiny_dataset), epochs=3, batch_size=4, seed=1, patience=10, init_from=str(compact)), ds, progress=False, **kw)
+    compact = save_bundle(tmp_path / "compact", first.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={"history": hist}, metrics={}, compact=True)
+    again = train(TrainConfig(dataset=str(tiny_dataset), epochs=3, batch_size=4, seed=1, patience=10, init_from=str(compact)), ds, progress=False, model_config=IMFConfig(**kw))
     assert [h["epoch"] for h in again.history] == [1, 2, 3] and not again.model.cfg.stored_tables
     with pytest.raises(BundleError, match="configuration differs"):
-        train(TrainConfig(dataset=str(tiny_dataset), epochs=3, init_from=str(full)), ds, progress=False, dim=6, relation_dim=4)
+        train(TrainConfig(dataset=str(tiny_dataset), epochs=3, init_from=str(full)), ds, progress=False, model_config=IMFConfig(dim=6, relation_dim=4))
     # A larger relation size widens the bundle's model (compact or not) and goes on counting;
     # a smaller one is refused.
     for src in (full, compact):
-        wide = train(TrainConfig(dataset=str(tiny_dataset), epochs=3, batch_size=4, seed=1, patience=10, init_from=str(src)), ds, progress=False, dim=8, relation_dim=7)
+        wide = train(TrainConfig(dataset=str(tiny_dataset), epochs=3, batch_size=4, seed=1, patience=10, init_from=str(src)), ds, progress=False, model_config=IMFConfig(dim=8, relation_dim=7))
         assert [h["epoch"] for h in wide.history] == [1, 2, 3] and wide.model.cfg.relation_dim == 7
     with pytest.raises(BundleError, match="relation_dim"):
-        train(TrainConfig(dataset=str(tiny_dataset), epochs=3, init_from=str(full)), ds, progress=False, dim=8, relation_dim=3)
+        train(TrainConfig(dataset=str(tiny_dataset), epochs=3, init_from=str(full)), ds, progress=False, model_config=IMFConfig(dim=8, relation_dim=3))

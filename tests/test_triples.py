@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from model.triples import AnswerIndex, to_queries
+from model.kg.triples import AnswerIndex, to_queries
 
 
 def reference(triples: np.ndarray, num_relations: int) -> dict[tuple[int, int], set[int]]:

@@ -30,84 +30,22 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model.data import KGDataset, load_dataset
-from model.evaluate import evaluate
-from model.imf import IMF, STRUCTURE, TRAINING_ONLY_FIELDS, IMFConfig
-from model.errors import TrainingDiverged
-from model.losses import contrastive_loss, fusion_bce, mixture_cross_entropy, smoothed_targets
-from model.triples import AnswerIndex
+from model.bundle.format import load_bundle
+from model.errors import BundleError, TrainingDiverged
+from model.evaluation.ranking import evaluate
+from model.kg.dataset import KGDataset, load_dataset
+from model.kg.triples import AnswerIndex
+from model.network.imf import IMF, STRUCTURE, TRAINING_ONLY_FIELDS, IMFConfig
+from model.network.losses import contrastive_loss, fusion_bce, mixture_cross_entropy, smoothed_targets
+from model.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Training hyperparameters (stored in the bundle's manifest)."""
-
-    dataset: str = "fb15k-237"
-    modalities: list[str] | None = None  # None: the dataset's default modalities
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 0.001
-    lr_decay: float = 1.0  # multiplicative, per epoch
-    loss: str = "ce"  # "ce": per-branch softmax cross-entropy + mixture; "bce": the paper's BCE
-    label_smoothing: float | None = None  # None: 0.0 for "ce", 0.1 for "bce" (the paper's)
-    # "ce": weight each query by its number of answers (per-triple 1-vs-all cross-entropy); None:
-    # True for "ce" (validation MRR +11% at equal epochs, docs/benchmarks.md), False for "bce"
-    per_answer: bool | None = None
-    contrastive_weight: float = 0.0  # lambda; off by default (docs/benchmarks.md measures it)
-    temperature: float = 0.1  # tau
-    contrastive_size: int = 512  # entities per batch in the contrastive loss
-    relation_groups: int = 0  # 0 = uniformly random batches; g > 0: g relation-homogeneous chunks per batch
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-    eval_every: int = 1  # epochs between validation runs
-    patience: int = 5  # validation runs without improvement before stopping
-    valid_subset: int | None = 3000  # validation triples used for early stopping (None: all)
-    max_minutes: float | None = None  # wall-time budget; the best model so far is kept
-    eval_batch_size: int = 256
-    precision: str = "auto"  # "fp32", "bf16" (autocast matmuls), or "auto": bf16 on CUDA with bf16, else fp32
-    init_from: str | None = None  # a full-precision bundle of the same model to continue training from
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "lr_decay": 0 < self.lr_decay <= 1,
-            "loss": self.loss in ("ce", "bce"),
-            "label_smoothing": self.label_smoothing is None or 0 <= self.label_smoothing < 1,
-            "per_answer": not self.per_answer or self.loss == "ce",
-            "contrastive_weight": self.contrastive_weight >= 0,
-            "temperature": self.temperature > 0,
-            "contrastive_size": self.contrastive_size >= 2,
-            "relation_groups": self.relation_groups >= 0,
-            "eval_every": self.eval_every >= 1,
-            "patience": self.patience >= 1,
-            "valid_subset": self.valid_subset is None or self.valid_subset >= 1,
-            "max_minutes": self.max_minutes is None or self.max_minutes > 0,
-            "precision": self.precision in ("auto", "fp32", "bf16"),
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid training parameter(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
-        if self.label_smoothing is None:
-            self.label_smoothing = 0.1 if self.loss == "bce" else 0.0
-        if self.per_answer is None:
-            self.per_answer = self.loss == "ce"
-
-    @property
-    def output(self) -> str:
-        """The model's branch probability that this loss trains (IMFConfig.output)."""
-        return "softmax" if self.loss == "ce" else "sigmoid"
 
 
 @dataclass
@@ -169,14 +107,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def build_model(dataset: KGDataset, modalities: list[str] | None, **model_kwargs) -> IMF:
-    """An untrained IMF for `dataset` with the chosen feature modalities (validated by name)."""
+def build_model(dataset: KGDataset, modalities: list[str] | None, cfg: IMFConfig) -> IMF:
+    """An untrained IMF for `dataset` with the chosen feature modalities (validated by name):
+    `cfg`'s hyperparameters, with the graph's sizes and modality dimensions filled in."""
     mods = dataset.select_modalities(modalities)
-    cfg = IMFConfig(
+    cfg = dataclasses.replace(
+        cfg,
         num_entities=dataset.num_entities,
         num_relations=dataset.num_relations,
         modalities={m: f.dim for m, f in mods.items()},
-        **model_kwargs,
     )
     return IMF(
         cfg,
@@ -226,14 +165,16 @@ def train(
     cfg: TrainConfig,
     dataset: KGDataset | None = None,
     *,
+    model_config: IMFConfig | None = None,
     progress: bool = True,
-    **model_kwargs,
 ) -> TrainResult:
     """Train IMF on `cfg.dataset` (or the given dataset) and return the best model on valid.
 
-    `model_kwargs` are IMFConfig fields (dim, relation_dim, fusion_rank, dropouts,
-    feature_residual, decision_fusion).
+    model_config: the model's hyperparameters (dim, relation_dim, fusion_rank, dropouts,
+    feature_residual, decision_fusion; the graph's sizes are filled in, `output` follows
+    cfg.loss); default IMFConfig().
     """
+    model_cfg = dataclasses.replace(model_config or IMFConfig(), output=cfg.output)
     started = time.monotonic()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -242,7 +183,7 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
-    model = build_model(dataset, cfg.modalities, output=cfg.output, **model_kwargs).to(device)
+    model = build_model(dataset, cfg.modalities, model_cfg).to(device)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     log.info(
         "IMF on %s: branches %s, %s parameters, device %s, %s matmuls",
@@ -363,9 +304,6 @@ def _continue_from(path: str, model: IMF) -> tuple[list[dict], int, float, float
     history, its epoch). A compact bundle (int8 tables, no raw features) is expanded against
     the features `model` was built with: each modality table becomes projection + residual.
     """
-    from model.bundle import load_bundle
-    from model.errors import BundleError
-
     bundle = load_bundle(path)
     # Dropout rates only act while training: a continued run may change them (anneal). A
     # compact bundle is expanded against this run's features (IMF.load_compacted).
@@ -417,58 +355,3 @@ def _feature_buffers(model: IMF) -> tuple[dict[str, torch.Tensor], dict[str, tor
         {m: getattr(model, f"features_{m}") for m in model.modalities},
         {m: model.present(m) for m in model.modalities},
     )
-
-
-def train_to_bundle(
-    cfg: TrainConfig,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    progress: bool = True,
-    compact: bool = False,
-    report_test: bool = False,
-    extras: bool = True,
-    **model_kwargs,
-) -> Path:
-    """Train and write the bundle atomically to `out` (see model.bundle).
-
-    compact: write a compact bundle (model.bundle.encode_state); the recorded validation
-    metrics are then re-measured on the compacted weights exactly as they will be served.
-    report_test: after model selection is over, evaluate the selected model once on the test
-    split and record it in the manifest (`metrics.test`); nothing is chosen by it.
-    extras: then fit the bundle's calibration and feature map (model.extras; valid split only).
-    """
-    from model.bundle import as_served, check_writable, save_bundle
-
-    check_writable(out, overwrite=overwrite)  # fail before hours of training, not after
-    result = train(cfg, progress=progress, **model_kwargs)
-    model = result.model
-    metrics = {"valid": result.valid_metrics}
-    known_index = AnswerIndex(result.dataset.all_triples(), result.dataset.num_entities, result.dataset.num_relations)
-    if compact:
-        model = as_served(model)
-        metrics["valid"] = evaluate(model, result.dataset.valid, known_index, split="valid", batch_size=cfg.eval_batch_size, progress=progress)
-        metrics["before_compaction"] = {"valid": {k: result.valid_metrics[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")}}
-        log.info("compact bundle: valid MRR %.4f (%.4f before compaction)", metrics["valid"]["mrr"], result.valid_metrics["mrr"])
-    if report_test:
-        metrics["test"] = evaluate(model, result.dataset.test, known_index, split="test", batch_size=cfg.eval_batch_size, progress=progress)
-        log.info("test MRR of the selected model %.4f", metrics["test"]["mrr"])
-    path = save_bundle(
-        out,
-        model,
-        result.dataset,
-        training={**asdict(result.train_config), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1), "stopped_by": result.stopped_by, "history": result.history},
-        metrics=metrics,
-        overwrite=overwrite,
-        compact=compact,
-    )
-    if extras:
-        # The calibration (valid split) and the new-entity feature map; the bundle is already
-        # complete without them, so a failure here is reported and loses nothing.
-        from model.extras import fit_extras
-
-        try:
-            fit_extras(path, dataset=cfg.dataset)
-        except Exception as exc:  # noqa: BLE001 - logged, the trained bundle stays
-            log.error("bundle extras not fitted (%s); run: imf bundle extras %s", exc, path)
-    return path

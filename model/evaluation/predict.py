@@ -1,7 +1,10 @@
-"""Exhaustive prediction: score every entity with the full model, filter known facts, take top-k.
+"""Top-k answers of one query from a score vector, with known facts filtered or flagged.
 
-This is the slow, obviously correct path: `imf predict` uses it, and the service checks its
-retrieve-then-rescore path against it (and benchmarks against it as the baseline).
+`top_k_with_filter` is the one ranking rule every prediction path uses (exhaustive prediction
+in `model.pipeline.predict` and `imf predict`, the service's retrieve-then-rescore and
+exhaustive paths), so that they can only differ in the scores they feed it.
+`exhaustive_scores` is the slow, obviously correct scorer the service's fast path is checked
+against.
 """
 
 from __future__ import annotations
@@ -12,20 +15,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.bundle import Bundle
-from model.imf import IMF
-from model.triples import DIRECTIONS, AnswerIndex, query_relation  # noqa: F401  (re-exported)
+from model.network.imf import IMF
 
 
 @dataclass
-class Prediction:
+class Ranked:
+    """One answer: entity index, fused score, 1-based rank in the answer list, known fact or not."""
+
     entity: int
     score: float
     rank: int
     known: bool
 
 
-def top_k_with_filter(scores: np.ndarray, known: np.ndarray, k: int, *, filter_known: bool, ids: np.ndarray | None = None) -> list[Prediction]:
+def known_mask(answers: np.ndarray, size: int) -> np.ndarray:
+    """(size,) bool: True at the entity indices in `answers` (a query's known answers)."""
+    mask = np.zeros(size, dtype=bool)
+    mask[answers] = True
+    return mask
+
+
+def top_k_with_filter(scores: np.ndarray, known: np.ndarray, k: int, *, filter_known: bool, ids: np.ndarray | None = None) -> list[Ranked]:
     """Top-k of one score vector. scores: (M,) for all entities or for candidates; known: (M,)
     bool aligned; ids: (M,) entity ids of the positions (default: the positions themselves).
 
@@ -47,7 +57,7 @@ def top_k_with_filter(scores: np.ndarray, known: np.ndarray, k: int, *, filter_k
     if filter_known:
         order = order[~known[order]]
     order = order[:k]
-    return [Prediction(int(e), float(scores[e]), i + 1, bool(known[e])) for i, e in enumerate(order)]
+    return [Ranked(int(e), float(scores[e]), i + 1, bool(known[e])) for i, e in enumerate(order)]
 
 
 @torch.no_grad()
@@ -57,19 +67,3 @@ def exhaustive_scores(model: IMF, entity: int, relation: int, tables: dict[str, 
     r = torch.tensor([relation])
     _, _, p = model.score_candidates(e, r, tables=tables)
     return p[0].numpy()
-
-
-def predict(bundle: Bundle, head: str, relation: str, *, k: int = 10, direction: str = "tail", filter_known: bool = True) -> list[Prediction]:
-    """Exhaustive top-k for a query given by ids or names (see Bundle.entity / Bundle.relation)."""
-    e = bundle.entity(head)
-    r = query_relation(bundle.relation(relation), direction, bundle.num_relations)
-    scores = exhaustive_scores(bundle.model, e, r)
-    known = known_mask(bundle.known, e, r, len(scores))
-    return top_k_with_filter(scores, known, k, filter_known=filter_known)
-
-
-def known_mask(index: AnswerIndex, entity: int, relation: int, num_entities: int) -> np.ndarray:
-    """(N,) bool: True for the known answers of one query."""
-    mask = np.zeros(num_entities, dtype=bool)
-    mask[index.answers_of(entity, relation)] = True
-    return mask

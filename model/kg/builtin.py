@@ -1,7 +1,7 @@
 """Converters from the raw public releases of the built-in datasets to the project's format.
 
 `imf data build NAME --source ../shared/datasets` reads the raw files (formats and provenance in
-that folder's SOURCES.md) and writes `data/NAME/` in the format of `model.data`. The results are
+that folder's SOURCES.md) and writes `data/NAME/` in the format of `model.kg.dataset`. The results are
 committed, so users never need the raw files; this module documents exactly how they were made.
 
 Cleaning, always reported in `dataset.json` under "cleaning":
@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.data import BUILTIN_DATASETS, project_data_dir
-from model.textio import atomic_write
+from model.kg.dataset import BUILTIN_DATASETS, project_data_dir
+from model.files import atomic_write
 from model.errors import DataError, UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ assert set(READERS) == set(BUILTIN_DATASETS)
 
 def default_source_dir() -> Path:
     """../shared/datasets beside the checkout (present on the project's machines only)."""
-    return Path(os.environ.get("IMF_SHARED_DATASETS", Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"))
+    return Path(os.environ.get("IMF_SHARED_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets"))
 
 
 def build_builtin(name: str, source: Path | None = None, out: Path | None = None) -> Path:

@@ -36,9 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.config import fraction, positive_int, setting
+from model.kg.dataset import RESERVED_MODALITY_NAMES
+
 STRUCTURE = "structure"
 MULTIMODAL = "multimodal"
 FUSED = "fused"  # name of the decision-fusion output in metrics
+assert {STRUCTURE, MULTIMODAL, FUSED} == set(RESERVED_MODALITY_NAMES)  # one list of reserved names
 
 
 # IMFConfig fields that act only while training: a continued or widened run may change them.
@@ -47,26 +51,32 @@ TRAINING_ONLY_FIELDS = ("input_dropout", "hidden_dropout1", "hidden_dropout2")
 
 @dataclass
 class IMFConfig:
-    """Everything needed to rebuild the model from a bundle (stored in its manifest)."""
+    """Everything needed to rebuild the model from a bundle (stored in its manifest). The
+    `setting` fields are also `imf train` options (model.config), defaults and help included.
 
-    num_entities: int
-    num_relations: int  # base relations; the model holds 2x that (reciprocals)
+    num_entities, num_relations and modalities describe the graph, and are filled in from the
+    dataset when a model is built for it (model.training.loop.build_model)."""
+
+    num_entities: int = 0
+    num_relations: int = 0  # base relations; the model holds 2x that (reciprocals)
     modalities: dict[str, int] = field(default_factory=dict)  # feature modality -> input dim, ordered
-    dim: int = 200  # entity embedding size d
-    relation_dim: int = 200  # relation embedding size d_r (core tensor W_b: d_r x d x d)
-    fusion_rank: int = 2  # Tucker rank R of the bilinear fusion
-    fusion_activation: str = "tanh"  # "tanh" (MUTAN) or "relu" (design.md's formula); see BilinearFusion
-    input_dropout: float = 0.3
-    hidden_dropout1: float = 0.4
-    hidden_dropout2: float = 0.5
-    feature_residual: bool = True  # per-entity residual on top of each modality projection
-    decision_fusion: str = "learned"  # "learned": w(r) = softmax(alpha + A[r]); "equal": 1/B each
-    output: str = "softmax"  # branch probability: "softmax" over entities (cross-entropy) or "sigmoid" (BCE)
+    dim: int = setting(200, "entity embedding size d", parse=positive_int)
+    relation_dim: int | None = setting(None, "relation embedding size d_r (core tensor W_b: d_r x d x d; default: --dim)", parse=positive_int)
+    fusion_rank: int = setting(2, "Tucker rank R of the bilinear fusion", parse=positive_int)
+    fusion_activation: str = setting("tanh", "factor activation of the bilinear fusion: tanh (MUTAN's) or relu (the formula of docs/model.md); see BilinearFusion", choices=("tanh", "relu"))
+    input_dropout: float = setting(0.3, "dropout on each decoder's normalised head embedding", parse=fraction)
+    hidden_dropout1: float = setting(0.4, "dropout on the entries of the relation matrix M(r)", parse=fraction)
+    hidden_dropout2: float = setting(0.5, "dropout on each decoder's query vector", parse=fraction)
+    feature_residual: bool = setting(True, "no per-entity residual on modality projections", flag="--no-residual")
+    decision_fusion: str = setting("learned", "learned: w(r) = softmax(alpha + A[r]); equal: 1/B for every branch", choices=("learned", "equal"))
+    output: str = "softmax"  # branch probability: "softmax" over entities (cross-entropy) or "sigmoid" (BCE); set by the training loss
     # True in a compact bundle: each modality's final entity table (N, d) is stored instead of
     # its raw features and per-entity residual (what serving needs, a fraction of the size).
     stored_tables: bool = False
 
     def __post_init__(self) -> None:
+        if self.relation_dim is None:
+            self.relation_dim = self.dim
         if self.fusion_activation not in ("tanh", "relu"):
             raise ValueError(f"fusion_activation must be 'tanh' or 'relu', not {self.fusion_activation!r}")
         if self.output not in ("softmax", "sigmoid"):
@@ -74,7 +84,7 @@ class IMFConfig:
         if self.decision_fusion not in ("learned", "equal"):
             raise ValueError(f"decision_fusion must be 'learned' or 'equal', not {self.decision_fusion!r}")
         for name in self.modalities:
-            if name in (STRUCTURE, MULTIMODAL, FUSED):
+            if name in RESERVED_MODALITY_NAMES:
                 raise ValueError(f"modality name {name!r} is reserved")
         if self.dim < 1 or self.relation_dim < 1 or self.fusion_rank < 1:
             raise ValueError("dim, relation_dim and fusion_rank must be positive")

@@ -1,4 +1,5 @@
-"""One codec for the project's tab-separated vocabularies, and one atomic file writer.
+"""File helpers every layer shares: one codec for the project's tab-separated vocabularies,
+atomic writes of files and of whole folders, and the chunked sha256 of a file.
 
 TSV fields. A name may hold any character, including tabs, newlines, and the characters that
 `str.splitlines()` also treats as line breaks (U+2028, U+2029, U+0085, \\x1c-\\x1e, \\x0b, \\x0c). Fields
@@ -8,13 +9,19 @@ two lines. Readers split records on ``\\n`` only (never `splitlines`).
 
 Atomic writes. `atomic_write` writes each file under a hidden temporary name beside its target
 and renames them all into place once every one is complete; a failure leaves the old files.
+`atomic_folder` does the same for a folder (a bundle): it is built under a temporary name and
+swapped in whole, the old one moved aside first, so a failure leaves one intact copy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
@@ -68,4 +75,60 @@ def atomic_write(*files: tuple[Path, Callable[[Path], None]]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-__all__ = ["atomic_write", "decode_field", "encode_field", "encode_record", "records"]
+@contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """Build a folder that replaces `out` whole: yields an empty temporary sibling to fill; when
+    the block ends without an error it becomes `out` (an existing `out` is moved aside first and
+    removed after, so at every moment one complete copy exists); on an error it is removed and
+    `out` is untouched. The folder gets the permissions of a normally created one (mkdtemp's
+    are 0700): readable by another user, a service in a container say, as the umask allows."""
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        _share(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _share(folder: Path) -> None:
+    """The umask's permissions for `folder` and the files directly in it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    return sha256_files([path])
+
+
+def sha256_files(paths: list[Path], root: Path | None = None) -> str:
+    """One sha256 over several files' bytes, in the order given. With `root`, each file's path
+    relative to it (and a separator) is hashed before its bytes, so renaming a file changes the
+    digest too (a dataset's fingerprint)."""
+    h = hashlib.sha256()
+    for p in paths:
+        if root is not None:
+            h.update(str(p.relative_to(root)).encode())
+            h.update(b"\0")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        if root is not None:
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+__all__ = ["atomic_folder", "atomic_write", "decode_field", "encode_field", "encode_record", "records", "sha256_file", "sha256_files"]

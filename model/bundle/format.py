@@ -23,25 +23,26 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from model import __version__
-from model.data import KGDataset
-from model.textio import decode_field, encode_record, records
-from model.errors import BundleError, UnknownNameError
-from model.calibration import Calibration
-from model.imf import IMF, IMFConfig
-from model.inductive import FeatureMap
-from model.names import NameIndex
-from model.triples import AnswerIndex
+from model.bundle.calibration import Calibration
+from model.bundle.feature_map import FeatureMap
+from model.bundle.quantize import decode_state, encode_state
+from model.errors import BundleError
+from model.files import atomic_folder, decode_field, encode_record, records, sha256_file
+from model.kg.dataset import SPLITS
+from model.kg.triples import AnswerIndex
+from model.kg.vocab import Vocabulary, training_degree
+from model.network.imf import IMF, IMFConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,36 +55,15 @@ RELATIONS = "relations.tsv"
 KNOWN = "known_triples.safetensors"
 REQUIRED_FILES = (WEIGHTS, ENTITIES, RELATIONS, KNOWN)
 # Optional extras fitted after training (`imf bundle extras`): the probability calibration
-# (model.calibration) and the feature map that embeds new entities (model.inductive).
+# (model.bundle.calibration) and the feature map that embeds new entities (model.bundle.feature_map).
 CALIBRATION = "calibration.json"
 FEATURE_MAP = "inductive.safetensors"
 EXTRA_FILES = (CALIBRATION, FEATURE_MAP)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# Vocabularies are written with model.textio's escapes (any name round-trips); bundles written
+# Vocabularies are written with model.files's escapes (any name round-trips); bundles written
 # before it replaced tabs and newlines by spaces and carry no "vocab_encoding".
 VOCAB_ENCODING = "tsv-escaped-v1"
-
-
-def _share(folder: Path) -> None:
-    """Give the bundle the permissions of a normally created folder (mkdtemp makes it 0700):
-    readable by the service's user in a container, say. Honours the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for f in folder.iterdir():
-        f.chmod(0o666 & ~umask)
-
-
-SCALE_SUFFIX = ".__row_scale__"  # companion tensor of an int8-quantised table
 
 
 def _smallest_int(arr: np.ndarray) -> np.ndarray:
@@ -93,63 +73,6 @@ def _smallest_int(arr: np.ndarray) -> np.ndarray:
         if top <= np.iinfo(dtype).max:
             return np.ascontiguousarray(arr, dtype=dtype)
     return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def encode_state(state: dict[str, torch.Tensor], num_entities: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """A compact encoding of a state dict: every entity table (a float tensor of shape (N, d),
-    N = num_entities) and every decoder core tensor W_b (d_r, d, d) as int8 with one float16
-    scale per row of the last dimension (symmetric, round to nearest), every other float tensor
-    as float16, integer and bool tensors unchanged.
-
-    Returns (tensors, encoding); `decode_state(tensors, encoding)` inverts it up to rounding.
-    The int8 tables and cores are nearly all of a bundle's size: 4x smaller than float32.
-    """
-    out: dict[str, torch.Tensor] = {}
-    quantized = []
-    for key, v in state.items():
-        v = v.detach().cpu()
-        table = v.dim() == 2 and v.shape[0] == num_entities
-        core = v.dim() == 3 and key.endswith(".core")
-        if v.is_floating_point() and (table or core):
-            scale = (v.abs().amax(dim=-1, keepdim=True).float() / 127.0).clamp(min=1e-12)
-            out[key] = torch.round(v.float() / scale).clamp(-127, 127).to(torch.int8).contiguous()
-            out[key + SCALE_SUFFIX] = scale.to(torch.float16).contiguous()
-            quantized.append(key)
-        elif v.is_floating_point():
-            out[key] = v.to(torch.float16).contiguous()
-        else:
-            out[key] = v.contiguous()
-    return out, {"float": "float16", "int8_rows": quantized}
-
-
-def decode_state(tensors: dict[str, torch.Tensor], encoding: dict | None) -> dict[str, torch.Tensor]:
-    """The state dict of `encode_state`'s output, float tensors as float32. encoding None: as stored."""
-    if not encoding:
-        return tensors
-    quantized = set(encoding.get("int8_rows", []))
-    state = {}
-    for key, v in tensors.items():
-        if key.endswith(SCALE_SUFFIX):
-            continue
-        if key in quantized:
-            scale = tensors.get(key + SCALE_SUFFIX)
-            if scale is None:
-                raise BundleError(f"{WEIGHTS}: quantised tensor {key!r} has no scale")
-            state[key] = v.float() * scale.float()
-        elif v.is_floating_point():
-            state[key] = v.float()
-        else:
-            state[key] = v
-    return state
-
-
-def as_served(model: IMF) -> IMF:
-    """The compacted model with exactly the weights a compact bundle will hold (int8 tables and
-    float16 round trip), in eval mode: what its metrics must be measured on."""
-    compact = model.compacted()
-    state, encoding = encode_state(compact.state_dict(), compact.cfg.num_entities)
-    compact.load_state_dict(decode_state(state, encoding))
-    return compact.eval()
 
 
 def check_writable(out: Path, *, overwrite: bool) -> None:
@@ -165,8 +88,10 @@ def check_writable(out: Path, *, overwrite: bool) -> None:
 def save_bundle(
     out: Path,
     model: IMF,
-    dataset: KGDataset | Bundle,
+    vocab: Vocabulary,
+    triples: Mapping[str, np.ndarray],
     *,
+    dataset: dict,
     training: dict,
     metrics: dict,
     overwrite: bool = False,
@@ -174,41 +99,42 @@ def save_bundle(
     extra_files: dict[str, bytes] | None = None,
     extras: dict | None = None,
 ) -> Path:
-    """Write a bundle for `model` trained on `dataset` to `out`, atomically.
+    """Write a bundle for `model` to `out`, atomically (model.files.atomic_folder).
+
+    vocab: the entities and relations in model order; triples: the train / valid / test
+    triples, (n, 3) each, for serve-time filtering; dataset: {"name", "fingerprint"} of the
+    dataset it was trained on (a re-saved bundle passes its own).
 
     extra_files: contents of optional files (EXTRA_FILES) to include, e.g. carried over from
     the bundle being compacted; extras: their summary for the manifest.
 
     compact: store what serving needs in a fraction of the space (`IMF.compacted` tables instead
-    of raw features, `encode_state`'s int8 / float16 encoding); the metrics passed should then
-    be those of the compacted model (see `compact_bundle`).
+    of raw features, model.bundle.quantize's int8 / float16 encoding); the metrics passed should
+    then be those of the compacted model (see model.pipeline.compact_bundle).
     """
     out = Path(out)
     check_writable(out, overwrite=overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    for name in extra_files or {}:
+        if name not in EXTRA_FILES:
+            raise BundleError(f"{name}: not a bundle extra (expected one of {EXTRA_FILES})")
     encoding = None
-    try:
+    with atomic_folder(out) as tmp:
         if compact:
             model = model.compacted()
             state, encoding = encode_state(model.state_dict(), model.cfg.num_entities)
         else:
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        save_file(
-            {s: torch.from_numpy(_smallest_int(dataset.split(s))) for s in ("train", "valid", "test")},
-            str(tmp / KNOWN),
-        )
+        save_file({s: torch.from_numpy(_smallest_int(triples[s])) for s in SPLITS}, str(tmp / KNOWN))
         (tmp / ENTITIES).write_text(
-            "".join(encode_record([i, n, d]) for i, n, d in zip(dataset.entity_ids, dataset.entity_names, dataset.entity_descriptions, strict=True)),
+            "".join(encode_record([i, n, d]) for i, n, d in zip(vocab.entity_ids, vocab.entity_names, vocab.entity_descriptions, strict=True)),
             encoding="utf-8",
         )
         (tmp / RELATIONS).write_text(
-            "".join(encode_record([i, n]) for i, n in zip(dataset.relation_ids, dataset.relation_names, strict=True)),
+            "".join(encode_record([i, n]) for i, n in zip(vocab.relation_ids, vocab.relation_names, strict=True)),
             encoding="utf-8",
         )
         for name, data in (extra_files or {}).items():
-            if name not in EXTRA_FILES:
-                raise BundleError(f"{name}: not a bundle extra (expected one of {EXTRA_FILES})")
             (tmp / name).write_bytes(data)
         files = {name: sha256_file(tmp / name) for name in (*REQUIRED_FILES, *(extra_files or {}))}
         manifest = {
@@ -225,11 +151,11 @@ def save_bundle(
             },
             "training": training,
             "dataset": {
-                "name": dataset.name,
-                "fingerprint": dataset.dataset_fingerprint if isinstance(dataset, Bundle) else dataset.fingerprint,
-                "entities": dataset.num_entities,
-                "relations": dataset.num_relations,
-                "triples": {s: int(len(dataset.split(s))) for s in ("train", "valid", "test")},
+                "name": dataset["name"],
+                "fingerprint": dataset["fingerprint"],
+                "entities": vocab.num_entities,
+                "relations": vocab.num_relations,
+                "triples": {s: int(len(triples[s])) for s in SPLITS},
             },
             "metrics": metrics,
             **({"extras": extras} if extras else {}),
@@ -237,34 +163,19 @@ def save_bundle(
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float), encoding="utf-8")
-        _share(tmp)
-        if out.exists():
-            # Replace an existing bundle: move it aside first so a failure leaves one intact copy.
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote bundle %s (model %s)", out, manifest["model_fingerprint"][:12])
     return out
 
 
 @dataclass
 class Bundle:
-    """A loaded, verified bundle. `model` is in eval mode on the CPU."""
+    """A loaded, verified bundle. `model` is in eval mode on the CPU; `triples` holds the
+    train / valid / test triples, (n, 3) int64 each."""
 
     path: Path
     manifest: dict
     model: IMF
-    entity_ids: list[str]
-    entity_names: list[str]
-    entity_descriptions: list[str]
-    relation_ids: list[str]
-    relation_names: list[str]
+    vocab: Vocabulary
     triples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     calibration: Calibration | None = None  # CALIBRATION, when the bundle has one
     feature_map: FeatureMap | None = None  # FEATURE_MAP, when the bundle has one
@@ -284,88 +195,23 @@ class Bundle:
         return str(self.manifest["model_fingerprint"])
 
     @property
-    def num_relations(self) -> int:
-        return len(self.relation_ids)
-
-    # The dataset interface `save_bundle` reads, so that a bundle can be re-saved (compacted).
-    @property
     def num_entities(self) -> int:
-        return len(self.entity_ids)
+        return self.vocab.num_entities
 
     @property
-    def name(self) -> str:
-        return str(self.manifest.get("dataset", {}).get("name", ""))
+    def num_relations(self) -> int:
+        return self.vocab.num_relations
 
     @property
-    def dataset_fingerprint(self) -> str:
-        return str(self.manifest.get("dataset", {}).get("fingerprint", ""))
-
-    def split(self, name: str) -> np.ndarray:
-        return self.triples[name]
+    def dataset(self) -> dict:
+        """{"name", "fingerprint", ...} of the dataset the model was trained on."""
+        return dict(self.manifest.get("dataset", {}))
 
     @cached_property
     def known(self) -> AnswerIndex:
         """Every known triple (train + valid + test) as an answer index, for filtering."""
-        allt = np.concatenate([self.triples[s] for s in ("train", "valid", "test")])
-        return AnswerIndex(allt, len(self.entity_ids), self.num_relations)
-
-    @cached_property
-    def _entity_index(self) -> dict[str, int]:
-        return {e: i for i, e in enumerate(self.entity_ids)}
-
-    @cached_property
-    def _relation_index(self) -> dict[str, int]:
-        return {r: i for i, r in enumerate(self.relation_ids)}
-
-    @cached_property
-    def _entity_by_name(self) -> dict[str, int]:
-        """Lower-cased name -> entity; a name shared by several entities goes to the one with
-        the most training triples (deterministic, and the one a user most likely means)."""
-        out: dict[str, int] = {}
-        for i in np.argsort(-self._degree, kind="stable"):
-            out.setdefault(self.entity_names[i].lower(), int(i))
-        return out
-
-    @cached_property
-    def _relation_by_name(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for i, n in enumerate(self.relation_names):
-            out.setdefault(n.lower(), i)
-        return out
-
-    def entity(self, key: str) -> int:
-        """Entity index from an id or an exact (case-insensitive) name; UnknownNameError else."""
-        if key in self._entity_index:
-            return self._entity_index[key]
-        hit = self._entity_by_name.get(key.strip().lower())
-        if hit is not None:
-            return hit
-        sugg = [self.entity_names[i] for i in self.name_index.close(key)]
-        raise UnknownNameError("entity", key, [], suggestions=sugg)
-
-    def relation(self, key: str) -> int:
-        """Relation index (base, without reciprocal) from an id or exact name."""
-        if key in self._relation_index:
-            return self._relation_index[key]
-        hit = self._relation_by_name.get(key.strip().lower())
-        if hit is not None:
-            return hit
-        raise UnknownNameError("relation", key, self.relation_ids + self.relation_names)
-
-    @cached_property
-    def name_index(self) -> NameIndex:
-        """Trigram index of the entity names and ids, weighted by training degree (model.names):
-        suggestions and search at a bounded cost per query, built once."""
-        return NameIndex(self.entity_names, self.entity_ids, self._degree)
-
-    def search_entities(self, query: str, limit: int = 10) -> list[int]:
-        """Entities whose name or id contains `query` (case-insensitive): exact matches first,
-        then prefix matches, then substring matches, each by number of training triples."""
-        return self.name_index.search(query, limit)
-
-    @cached_property
-    def _degree(self) -> np.ndarray:
-        return np.bincount(self.triples["train"][:, [0, 2]].ravel(), minlength=len(self.entity_ids))
+        allt = np.concatenate([self.triples[s] for s in SPLITS])
+        return AnswerIndex(allt, self.num_entities, self.num_relations)
 
 
 def _read_tsv(path: Path, min_cols: int, *, escaped: bool) -> list[list[str]]:
@@ -463,7 +309,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         raise BundleError(f"{path}: cannot read safetensors file: {exc}") from exc
     model = IMF(cfg)
     try:
-        model.load_state_dict(decode_state(state, manifest.get("weights_encoding")), strict=True)
+        model.load_state_dict(decode_state(state, manifest.get("weights_encoding"), source=WEIGHTS), strict=True)
     except RuntimeError as exc:
         raise BundleError(f"{path / WEIGHTS}: does not match model_config: {str(exc).splitlines()[0]}") from exc
     model.eval()
@@ -473,7 +319,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     if len(ents) != cfg.num_entities or len(rels) != cfg.num_relations:
         raise BundleError(f"{path}: vocabulary sizes ({len(ents)} entities, {len(rels)} relations) do not match model_config")
     triples = {}
-    for split in ("train", "valid", "test"):
+    for split in SPLITS:
         if split not in known:
             raise BundleError(f"{path / KNOWN}: split {split!r} missing")
         arr = known[split].numpy().astype(np.int64)  # stored in the smallest integer type that fits
@@ -493,8 +339,6 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             raise BundleError(f"{path / CALIBRATION}: {len(calibration.families)} relation families, expected {2 * cfg.num_relations}")
     if FEATURE_MAP in listed:
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path / FEATURE_MAP), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -508,11 +352,14 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         path=path,
         manifest=manifest,
         model=model,
-        entity_ids=[r[0] for r in ents],
-        entity_names=[r[1] for r in ents],
-        entity_descriptions=[r[2] if len(r) > 2 else "" for r in ents],
-        relation_ids=[r[0] for r in rels],
-        relation_names=[r[1] for r in rels],
+        vocab=Vocabulary(
+            entity_ids=[r[0] for r in ents],
+            entity_names=[r[1] for r in ents],
+            entity_descriptions=[r[2] if len(r) > 2 else "" for r in ents],
+            relation_ids=[r[0] for r in rels],
+            relation_names=[r[1] for r in rels],
+            entity_weights=training_degree(triples["train"], cfg.num_entities),
+        ),
         triples=triples,
         calibration=calibration,
         feature_map=feature_map,
@@ -521,14 +368,13 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
 
 def add_extras(path: str | Path, *, calibration: Calibration | None = None, feature_map: FeatureMap | None = None, summary: dict | None = None) -> Path:
     """Add (or replace) a bundle's optional files, atomically: the bundle (its FAISS index
-    included: extras do not change the weights it is tied to) is copied to a
-    temporary sibling, the files written and the manifest's checksums updated there, and the
-    copy renamed into place, so an interruption leaves the old bundle intact."""
+    included: extras do not change the weights it is tied to) is copied to a temporary sibling,
+    the files written and the manifest's checksums updated there, and the copy swapped in
+    (model.files.atomic_folder), so an interruption leaves the old bundle intact."""
     path = Path(path)
     manifest = read_manifest(path)
     verify_files(path, manifest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         shutil.copytree(path, tmp, symlinks=True, dirs_exist_ok=True)  # the FAISS index too
         if calibration is not None:
             (tmp / CALIBRATION).write_text(calibration.to_json(), encoding="utf-8")
@@ -539,34 +385,5 @@ def add_extras(path: str | Path, *, calibration: Calibration | None = None, feat
             manifest["files"][FEATURE_MAP] = sha256_file(tmp / FEATURE_MAP)
         manifest["extras"] = {**manifest.get("extras", {}), **(summary or {})}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float), encoding="utf-8")
-        _share(tmp)
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("added extras to %s: %s", path, [n for n, v in ((CALIBRATION, calibration), (FEATURE_MAP, feature_map)) if v is not None])
     return path
-
-
-def compact_bundle(src: str | Path, out: str | Path, *, report_test: bool = False, overwrite: bool = False, progress: bool = False) -> Path:
-    """Write a compact copy of the bundle at `src` to `out` (see `save_bundle(compact=True)`),
-    with its validation metrics (and, with report_test, its test metrics) re-measured on the
-    compacted weights; the source's own metrics are kept under `before_compaction`."""
-    from model.evaluate import evaluate
-
-    bundle = load_bundle(src)
-    check_writable(Path(out), overwrite=overwrite)
-    served = as_served(bundle.model)
-    metrics = {"valid": evaluate(served, bundle.triples["valid"], bundle.known, split="valid", progress=progress)}
-    if report_test:
-        metrics["test"] = evaluate(served, bundle.triples["test"], bundle.known, split="test", progress=progress)
-    metrics["before_compaction"] = {
-        split: {k: m[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")} for split, m in bundle.manifest.get("metrics", {}).items() if isinstance(m, dict) and "mrr" in m
-    }
-    return save_bundle(
-        out, served, bundle, training=bundle.manifest.get("training", {}), metrics=metrics, overwrite=overwrite, compact=True,
-        extra_files=bundle.extra_file_bytes(), extras=bundle.manifest.get("extras"),
-    )

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from model.imf import FUSED, IMF
-from model.triples import DIRECTIONS, AnswerIndex, query_relation
+from model.network.imf import FUSED, IMF
+from model.kg.triples import DIRECTIONS, AnswerIndex, query_relation
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def rank_triples(
     """Filtered ranks of `triples` (n, 3) for the fused model and every branch.
 
     tables: the entity tables to score with (default `model.entity_tables()`), e.g. with some
-    rows replaced (model.inductive's check). Returns ranks[direction][output] -> (n,) where
+    rows replaced (model.bundle.feature_map's check). Returns ranks[direction][output] -> (n,) where
     output is "fused" or a branch name.
     """
     model.eval()

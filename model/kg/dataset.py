@@ -21,7 +21,6 @@ and raises `DataError`; nothing is modified or written while loading.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -33,14 +32,23 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import DataError, UnknownNameError
+from model.files import sha256_files
+from model.kg.vocab import Vocabulary, training_degree
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 BUILTIN_DATASETS = ("fb15k-237", "db15k", "wn9-img")
 _MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-# Branch names the model reserves for itself; a feature modality may not use them.
-RESERVED_MODALITY_NAMES = ("structure", "multimodal")
+# Names the model reserves for itself (model.network.imf: the structure and fused branches, and
+# the decision-fusion output); a feature modality may not use them.
+RESERVED_MODALITY_NAMES = ("structure", "multimodal", "fused")
+
+
+def check_modality_name(path: Path, name: str) -> None:
+    """DataError (naming `path`) unless `name` can name a feature modality."""
+    if not _MODALITY_NAME.match(name) or name in RESERVED_MODALITY_NAMES:
+        raise DataError(path, f"invalid modality name {name!r}: use lowercase letters, digits, '_', not {RESERVED_MODALITY_NAMES}")
 
 
 @dataclass
@@ -98,6 +106,21 @@ class KGDataset:
         if name not in SPLITS:
             raise UnknownNameError("split", name, SPLITS, list_known=True)
         return getattr(self, name)
+
+    def splits(self) -> dict[str, np.ndarray]:
+        """{"train", "valid", "test"} -> (n, 3) triples."""
+        return {s: self.split(s) for s in SPLITS}
+
+    def info(self) -> dict[str, str]:
+        """{"name", "fingerprint"}: what a bundle records of the dataset it was trained on."""
+        return {"name": self.name, "fingerprint": self.fingerprint}
+
+    def vocabulary(self) -> Vocabulary:
+        """The entities and relations with their names and lookups (model.kg.vocab)."""
+        return Vocabulary(
+            self.entity_ids, self.entity_names, self.entity_descriptions, self.relation_ids, self.relation_names,
+            entity_weights=training_degree(self.train, self.num_entities),
+        )
 
     def all_triples(self) -> np.ndarray:
         """Every known triple (train + valid + test), shape (n, 3); used for filtered ranking."""
@@ -272,22 +295,10 @@ def load_feature_file(
     return ModalityFeatures(name=name, matrix=matrix, present=present)
 
 
-def _fingerprint(paths: list[Path], root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(str(p.relative_to(root)).encode())
-        h.update(b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 def project_data_dir() -> Path:
     """Where the bundled datasets live: $IMF_DATA_DIR, else `data/` beside the packages."""
     env = os.environ.get("IMF_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
 
 
 def resolve_dataset(name_or_dir: str | Path) -> Path:
@@ -367,8 +378,7 @@ def load_dataset(name_or_dir: str | Path, *, with_features: bool = True) -> KGDa
             if matrix_path.name.endswith(".mask.npy"):
                 continue
             mod = matrix_path.stem
-            if not _MODALITY_NAME.match(mod) or mod in RESERVED_MODALITY_NAMES:
-                raise DataError(matrix_path, f"invalid modality name {mod!r}: use lowercase letters, digits, '_', not {RESERVED_MODALITY_NAMES}")
+            check_modality_name(matrix_path, mod)
             ids_path = feat_dir / f"{mod}.ids.txt"
             if not ids_path.is_file():
                 raise DataError(ids_path, f"missing: modality {mod!r} needs the entity id of each row")
@@ -397,7 +407,7 @@ def load_dataset(name_or_dir: str | Path, *, with_features: bool = True) -> KGDa
         test=test,
         features=features,
         default_modalities=default_modalities,
-        fingerprint=_fingerprint(used, root),
+        fingerprint=sha256_files(sorted(used), root),
     )
     log.info(
         "loaded %s: %d entities, %d relations, %d/%d/%d triples, modalities %s",

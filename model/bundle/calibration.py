@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from model.imf import IMF
-from model.triples import DIRECTIONS, AnswerIndex, query_relation
+from model.network.imf import IMF
+from model.kg.triples import DIRECTIONS, AnswerIndex, query_relation
 
 log = logging.getLogger(__name__)
 

@@ -26,15 +26,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.imf import IMF, MULTIMODAL, STRUCTURE
-from model.triples import AnswerIndex
+from model.evaluation.ranking import rank_triples
+from model.features.numeric import numeric_row
+from model.kg.triples import AnswerIndex
+from model.network.imf import FUSED, IMF, MULTIMODAL, STRUCTURE
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("ridge+residual", "ridge", "mean+residual", "mean")
 RIDGE_LAMBDAS = (0.1, 1.0, 10.0, 100.0)
 CHECK_SHARE = 0.1  # share of trained entities used by the pseudo-inductive check
-NUMERIC_CLIP = 8.0
 
 
 def design_matrix(model: IMF, feats: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> np.ndarray:
@@ -104,18 +105,10 @@ class FeatureMap:
 
     def numeric_features(self, values: dict[str, float]) -> np.ndarray:
         """Raw attribute values -> the numeric feature row (2A,) as at training
-        (model.features.normalise_numeric): z-scored sign(x) log1p|x|, clipped, presence bits."""
+        (model.features.numeric: z-scored sign(x) log1p|x|, clipped, presence bits)."""
         if self.numeric_mean is None or self.numeric_std is None:
             raise ValueError("this bundle's feature map has no numeric statistics")
-        a = len(self.numeric_attributes)
-        col = {n: j for j, n in enumerate(self.numeric_attributes)}
-        row = np.zeros(2 * a)
-        for name, x in values.items():
-            j = col[name]
-            lx = np.sign(x) * np.log1p(abs(x))
-            row[j] = np.clip((lx - self.numeric_mean[j]) / self.numeric_std[j], -NUMERIC_CLIP, NUMERIC_CLIP)
-            row[a + j] = 1.0
-        return row
+        return numeric_row(values, self.numeric_attributes, self.numeric_mean, self.numeric_std)
 
     @torch.no_grad()
     def embed(self, model: IMF, feats: dict[str, np.ndarray], present: dict[str, np.ndarray], variant: str | None = None) -> dict[str, Tensor]:
@@ -153,8 +146,6 @@ def targets(model: IMF, feats: dict[str, np.ndarray], present: dict[str, np.ndar
 @torch.no_grad()
 def _check_mrr(model: IMF, rows: dict[str, Tensor], ids: np.ndarray, valid: np.ndarray, known: AnswerIndex) -> float:
     """Filtered MRR of the valid triples touching `ids` with those entities' rows replaced."""
-    from model.evaluate import rank_triples
-
     tables = {b: t.clone() for b, t in model.entity_tables().items()}
     idx = torch.from_numpy(ids)
     for b in tables:
@@ -163,7 +154,7 @@ def _check_mrr(model: IMF, rows: dict[str, Tensor], ids: np.ndarray, valid: np.n
     if not sel.any():
         return float("nan")
     ranks = rank_triples(model, valid[sel], known, tables=tables)
-    both = np.concatenate([r["fused"] for r in ranks.values()])
+    both = np.concatenate([r[FUSED] for r in ranks.values()])
     return float(np.mean(1.0 / both))
 
 

@@ -1,0 +1,2 @@
+"""Filtered ranking metrics (`ranking`) and the top-k rule every prediction path shares
+(`predict`)."""

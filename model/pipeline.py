@@ -1,0 +1,172 @@
+"""The operations on whole runs and bundles, composed from the layers below: what `imf train`,
+`imf bundle compact`, `imf bundle extras` and `imf predict` call, and the Python entry points.
+
+    from model.pipeline import train_to_bundle, predict
+    from model.training.config import TrainConfig
+    from model.network.imf import IMFConfig
+
+    train_to_bundle(TrainConfig(dataset="wn9-img", epochs=20), "artifacts/wn", model_config=IMFConfig(dim=64))
+    bundle = load_bundle("artifacts/wn")            # model.bundle.format
+    predict(bundle, "dog", "_hypernym", k=5)
+
+- `train_to_bundle`: train (model selection on the validation split), optionally compact, record
+  the test metrics once after selection, write the bundle atomically, then fit its extras.
+- `compact_bundle`: a serving copy (int8 tables and cores, float16 weights) with its metrics
+  re-measured on exactly the weights it will serve.
+- `fit_extras`: the probability calibration (validation split) and the new-entity feature map
+  (the trained entities' features). Neither reads the test split.
+- `predict`: exhaustive top-k for a query given by ids or names (the slow, exact path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from model.bundle.calibration import collect_samples, fit_calibration, relation_families
+from model.bundle.feature_map import fit_feature_map
+from model.bundle.format import Bundle, add_extras, check_writable, load_bundle, save_bundle
+from model.bundle.quantize import as_served
+from model.errors import DataError
+from model.evaluation.predict import Ranked, exhaustive_scores, known_mask, top_k_with_filter
+from model.evaluation.ranking import evaluate
+from model.features.numeric import numeric_normalisation
+from model.kg.dataset import load_dataset
+from model.kg.triples import AnswerIndex, query_relation
+from model.network.imf import IMFConfig
+from model.training.config import TrainConfig
+from model.training.loop import train
+
+log = logging.getLogger(__name__)
+
+TOP_METRICS = ("mrr", "hits@1", "hits@3", "hits@10")  # what a manifest keeps of metrics it supersedes
+
+
+def train_to_bundle(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    model_config: IMFConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    compact: bool = False,
+    report_test: bool = False,
+    extras: bool = True,
+) -> Path:
+    """Train and write the bundle atomically to `out` (see model.bundle.format).
+
+    model_config: the model's hyperparameters (default IMFConfig()).
+    compact: write a compact bundle (model.bundle.quantize); the recorded validation
+    metrics are then re-measured on the compacted weights exactly as they will be served.
+    report_test: after model selection is over, evaluate the selected model once on the test
+    split and record it in the manifest (`metrics.test`); nothing is chosen by it.
+    extras: then fit the bundle's calibration and feature map (`fit_extras`; valid split only).
+    """
+    out = Path(out)
+    check_writable(out, overwrite=overwrite)  # fail before hours of training, not after
+    result = train(cfg, model_config=model_config, progress=progress)
+    model = result.model
+    ds = result.dataset
+    metrics = {"valid": result.valid_metrics}
+    known_index = AnswerIndex(ds.all_triples(), ds.num_entities, ds.num_relations)
+    if compact:
+        model = as_served(model)
+        metrics["valid"] = evaluate(model, ds.valid, known_index, split="valid", batch_size=cfg.eval_batch_size, progress=progress)
+        metrics["before_compaction"] = {"valid": {k: result.valid_metrics[k] for k in TOP_METRICS}}
+        log.info("compact bundle: valid MRR %.4f (%.4f before compaction)", metrics["valid"]["mrr"], result.valid_metrics["mrr"])
+    if report_test:
+        metrics["test"] = evaluate(model, ds.test, known_index, split="test", batch_size=cfg.eval_batch_size, progress=progress)
+        log.info("test MRR of the selected model %.4f", metrics["test"]["mrr"])
+    path = save_bundle(
+        out,
+        model,
+        ds.vocabulary(),
+        ds.splits(),
+        dataset=ds.info(),
+        training={**dataclasses.asdict(result.train_config), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1), "stopped_by": result.stopped_by, "history": result.history},
+        metrics=metrics,
+        overwrite=overwrite,
+        compact=compact,
+    )
+    if extras:
+        # The calibration (valid split) and the new-entity feature map; the bundle is already
+        # complete without them, so a failure here is reported and loses nothing.
+        try:
+            fit_extras(path, dataset=cfg.dataset)
+        except Exception as exc:  # noqa: BLE001 - logged, the trained bundle stays
+            log.error("bundle extras not fitted (%s); run: imf bundle extras %s", exc, path)
+    return path
+
+
+def compact_bundle(src: str | Path, out: str | Path, *, report_test: bool = False, overwrite: bool = False, progress: bool = False) -> Path:
+    """Write a compact copy of the bundle at `src` to `out` (see `save_bundle(compact=True)`),
+    with its validation metrics (and, with report_test, its test metrics) re-measured on the
+    compacted weights; the source's own metrics are kept under `before_compaction`."""
+    bundle = load_bundle(src)
+    check_writable(Path(out), overwrite=overwrite)
+    served = as_served(bundle.model)
+    metrics = {"valid": evaluate(served, bundle.triples["valid"], bundle.known, split="valid", progress=progress)}
+    if report_test:
+        metrics["test"] = evaluate(served, bundle.triples["test"], bundle.known, split="test", progress=progress)
+    metrics["before_compaction"] = {
+        split: {k: m[k] for k in TOP_METRICS} for split, m in bundle.manifest.get("metrics", {}).items() if isinstance(m, dict) and "mrr" in m
+    }
+    return save_bundle(
+        out, served, bundle.vocab, bundle.triples, dataset=bundle.dataset,
+        training=bundle.manifest.get("training", {}), metrics=metrics, overwrite=overwrite, compact=True,
+        extra_files=bundle.extra_file_bytes(), extras=bundle.manifest.get("extras"),
+    )
+
+
+def fit_extras(path: str | Path, *, dataset: str | Path | None = None, numeric_source: Path | None = None, feature_map: bool = True) -> dict:
+    """Fit and add the extras to the bundle at `path`; returns their summary (also written to
+    the manifest under "extras"). dataset: where the trained entities' features are (default:
+    the bundle's dataset name); the feature map is skipped for a model without modalities.
+
+        imf bundle extras artifacts/default                       # both, features from data/<dataset>
+        imf bundle extras RUN --numeric-source FB15K_NumericalTriples.txt   # + raw numeric values
+    """
+    bundle = load_bundle(path)
+    model = bundle.model
+    n, r = bundle.num_entities, bundle.num_relations
+    train_triples, valid = bundle.triples["train"], bundle.triples["valid"]
+    families = relation_families(train_triples, r)
+    samples = collect_samples(model, valid, AnswerIndex(train_triples, n, r), families)
+    cal = fit_calibration(samples, families)
+    summary: dict = {"calibration": {"method": cal.method, **{k: v for k, v in cal.report.items() if k != "validation"}, "validation": cal.report["validation"]}}
+    fmap = None
+    if feature_map and model.modalities:
+        ds = load_dataset(dataset or bundle.dataset.get("name", ""))
+        if ds.entity_ids != bundle.vocab.entity_ids:
+            raise DataError(ds.root / "entities.tsv", f"entities differ from the bundle's {path}: not the dataset it was trained on")
+        missing = [m for m in model.modalities if m not in ds.features]
+        if missing:
+            raise DataError(ds.root / "features", f"no features for modalities {missing} of the bundle")
+        feats = {m: ds.features[m].matrix for m in model.modalities}
+        present = {m: ds.features[m].present for m in model.modalities}
+        for m in model.modalities:
+            if not np.array_equal(present[m], model.present(m).numpy()):
+                raise DataError(ds.root / "features" / f"{m}.ids.txt", "covers other entities than the bundle's model")
+        numeric = None
+        if numeric_source is not None and "numeric" in model.modalities:
+            attrs, mean, std = numeric_normalisation(numeric_source, bundle.vocab.entity_ids)
+            if 2 * len(attrs) != model.cfg.modalities["numeric"]:
+                raise DataError(numeric_source, f"{len(attrs)} attributes give {2 * len(attrs)} columns, the model's numeric features have {model.cfg.modalities['numeric']}")
+            numeric = (attrs, mean, std)
+        fmap = fit_feature_map(model, feats, present, valid, AnswerIndex(np.concatenate([train_triples, valid]), n, r), numeric=numeric)
+        summary["feature_map"] = {"variant": fmap.variant, "numeric_attributes": len(fmap.numeric_attributes), **fmap.report}
+    add_extras(path, calibration=cal, feature_map=fmap, summary=summary)
+    return summary
+
+
+def predict(bundle: Bundle, head: str, relation: str, *, k: int = 10, direction: str = "tail", filter_known: bool = True) -> list[Ranked]:
+    """Exhaustive top-k for a query given by ids or names (model.kg.vocab.Vocabulary's lookups):
+    every entity scored with the full model, known facts filtered or flagged."""
+    e = bundle.vocab.entity(head)
+    r = query_relation(bundle.vocab.relation(relation), direction, bundle.num_relations)
+    scores = exhaustive_scores(bundle.model, e, r)
+    known = known_mask(bundle.known.answers_of(e, r), len(scores))
+    return top_k_with_filter(scores, known, k, filter_known=filter_known)

@@ -225,7 +225,7 @@ def evaluate_inductive(work: Path, *, post: bool = True) -> dict:
         out["api"] = add_through_api(heldout_bundle, held, state)
     p = Predictor.load(heldout_bundle, index_kind="exact", save_index=False)
     records = [r for r in _json.loads("[" + ",".join(FileStore(state, p.bundle.fingerprint).path.read_text().split("\n")[:-1]) + "]")]
-    assert p.add_records(records) == len(held)
+    assert p.added.add_records(records) == len(held)
     n_base, n_all = p.num_base, p.num_entities
     index = {e: i for i, e in enumerate(p.bundle.vocab.entity_ids)}
     index.update({e: n_base + i for i, e in enumerate(p.view.added_ids)})

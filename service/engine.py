@@ -1,6 +1,9 @@
 """The prediction engine: retrieve candidates with FAISS, rescore them exactly, filter, explain.
 
-Knows nothing of HTTP (design.md §5, vLLM-style: the app only maps requests to these calls).
+Knows nothing of HTTP (the app only maps requests to these calls). Three parts, each readable
+alone: `Predictor` (this module: retrieval and exact rescoring, explanations, probabilities),
+`service.names.NameResolver` (ids and names -> queries, and back), and
+`service.added.AddedEntities` (entities added without retraining, and the `View` of the tables).
 
 Start-up (`Predictor.load`): load and verify the bundle -> eval mode -> precompute every
 branch's entity table C_b (and the fused one) -> load the bundle's FAISS index when its model
@@ -17,22 +20,14 @@ A query (e, r', k, filter):
 
 Searching K' plus the number of known answers means filtering can never leave fewer than k
 results while candidates remain; with K' >= N every entity is scored, without retrieval.
-
-Added entities (POST /entities; `add_records`): their rows (model.bundle.feature_map, from the bundle's
-feature map) are appended to every branch table in a new `View`, swapped in whole; the FAISS
-index keeps the bundle's N entities and every added one is a candidate of every query (scored
-exactly). `retrieval`, part of every cache key, names the added set's generation.
+Added entities are always candidates, scored exactly. `retrieval`, part of every cache key,
+names the settings an answer depends on and the added set's generation.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import math
-import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,21 +36,16 @@ import torch
 from torch import Tensor
 
 from model.bundle.format import Bundle, load_bundle
-from model.errors import UnknownNameError
 from model.evaluation.predict import Ranked, known_mask, top_k_with_filter
-from model.features.text import encode_texts, entity_text
-from model.kg.names import close_matches
-from model.kg.triples import DIRECTIONS, query_relation
+from model.kg.triples import query_relation
 from model.network.imf import IMF
-from service.errors import InvalidRequest, NotFound, Unsupported
-from service.index import EXACT, INDEX_DIR, CandidateIndex, resolve_kind
+from service.added import AddedEntities, View
+from service.index import DEFAULT_CANDIDATES, DEFAULT_NPROBE, DEFAULT_REFINE_FACTOR, EXACT, EXHAUSTIVE_MAX_ENTITIES, INDEX_DIR, CandidateIndex, resolve_kind
+from service.names import NameResolver
+from service.query import Query
 
 log = logging.getLogger(__name__)
 
-# Largest graph whose softmax normalisers are computed exactly on a retrieval path; above it the
-# scores are normalised over the retrieved candidates (the ranking among them is unchanged
-# within a branch, the branch mixture weighs them slightly differently).
-EXACT_NORMALIZER_MAX = 200_000
 # Memory for the float64 probabilities of one chunk of exhaustively scored queries (no index).
 EXHAUSTIVE_CHUNK_BYTES = 64 * 2**20
 
@@ -74,78 +64,51 @@ def _pad(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class Query:
-    """A resolved query: entity and base relation indices (reciprocal applied for heads)."""
-
-    entity: int
-    relation: int  # base relation id (0 .. R-1)
-    direction: str
-    k: int
-    filter_known: bool
-
-    def cache_key(self, fingerprint: str, retrieval: str = "exact") -> str:
-        """Normalised: ids, not the names a client used, so equal questions share an entry.
-        `retrieval` (Predictor.retrieval) names the settings the answer depends on (index
-        type, K', nprobe, refinement), so changing them never serves an answer they did not give."""
-        return f"imf:v2:{fingerprint[:16]}:{retrieval}:{self.direction}:{self.entity}:{self.relation}:{self.k}:{int(self.filter_known)}"
-
-
-@dataclass(frozen=True)
-class View:
-    """What the engine scores against, swapped as a whole when entities are added (so a request
-    that started on one view finishes on it): the entity tables of every branch, the bundle's
-    N rows followed by the M added entities' rows, and the added entities' vocabulary."""
-
-    tables: dict[str, Tensor]  # (N + M, d) each
-    added_ids: tuple[str, ...] = ()
-    added_names: tuple[str, ...] = ()
-    added_descriptions: tuple[str, ...] = ()
-    generation: str = "0"  # digest of the added ids in order: changes with every addition (cache keys carry it)
-
-    @property
-    def size(self) -> int:
-        return len(next(iter(self.tables.values())))
-
-
 @dataclass
 class Explained(Ranked):
+    """A ranked answer with each branch's probability, contribution and rank (`Predictor.explain`)."""
+
     branches: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Predictor:
-    """Loaded model + tables + index; thread-safe for concurrent reads (no state changes)."""
+    """Loaded model + tables + index; thread-safe for concurrent reads (additions swap a view)."""
 
     def __init__(
         self, bundle: Bundle, index: CandidateIndex | None, tables: dict[str, Tensor], *, candidates: int, load_seconds: float, scheme: str = "union"
     ) -> None:
-        """index None: no retrieval, every query scores all entities exactly."""
+        """index None: no retrieval, every query scores all entities exactly. tables: every
+        branch's (N, d) entity table. scheme "surrogate": the weighted-logit search alone (for
+        measurements; "union" adds each branch's own search)."""
         if scheme not in ("union", "surrogate"):
             raise ValueError(f"scheme must be 'union' or 'surrogate', not {scheme!r}")
-        self.scheme = scheme  # "surrogate": the weighted-logit search alone (for measurements)
+        self.scheme = scheme
         self.bundle = bundle
         self.model: IMF = bundle.model
         self.index = index
         self.base_tables = tables
-        self.view = View(tables)
         self.candidates = candidates
         self.load_seconds = load_seconds
         self.branches = self.model.branches
-        self.num_base = len(bundle.vocab.entity_ids)  # entities of the bundle (the FAISS index holds these)
+        self.num_base = bundle.num_entities  # entities of the bundle (the FAISS index holds these)
         self.num_relations = bundle.num_relations
         self.index_kind = EXACT if index is None else index.kind
-        self._add_lock = threading.Lock()  # one writer of the view at a time
-        self._added_index: dict[str, int] = {}
-        self._added_by_name: dict[str, int] = {}
+        self.added = AddedEntities(bundle, tables)
+        self.names = NameResolver(bundle.vocab, self.added)
+
+    @property
+    def view(self) -> View:
+        """The current tables and added entities (swapped whole by an addition)."""
+        return self.added.view
 
     @property
     def tables(self) -> dict[str, Tensor]:
-        return self.view.tables
+        return self.added.view.tables
 
     @property
     def num_entities(self) -> int:
         """Entities answers are drawn from: the bundle's and the added ones."""
-        return self.view.size
+        return self.added.view.size
 
     @property
     def retrieval(self) -> str:
@@ -154,21 +117,7 @@ class Predictor:
         and the generation of added entities (an added entity can enter any answer)."""
         extras = self.bundle.extras_fingerprint[:8]
         base = EXACT if self.index is None else f"{self.index.kind}-c{self.candidates}-p{self.index.nprobe}-r{self.index.refine_factor}-{self.scheme}"
-        return f"{base}-x{extras}-g{self.view.generation}"
-
-    def set_added(self, ids: list[str], names: list[str], descriptions: list[str], rows: dict[str, Tensor]) -> None:
-        """Serve the bundle's entities plus these (rows[b]: (M, d) per branch), atomically.
-        An entity already served must keep its position (callers append, never reorder)."""
-        generation = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12] if ids else "0"
-        tables = {b: torch.cat([t, rows[b].to(t.dtype)]).contiguous() if len(ids) else t for b, t in self.base_tables.items()}
-        by_name: dict[str, int] = {}
-        for i, n in enumerate(names):
-            by_name.setdefault(n.strip().lower(), self.num_base + i)
-        # Lookups first, the view last: a lookup that finds a row the old view lacks is refused
-        # by resolve_entity's bound check until the view is swapped in.
-        self._added_index = {e: self.num_base + i for i, e in enumerate(ids)}
-        self._added_by_name = by_name
-        self.view = View(tables, tuple(ids), tuple(names), tuple(descriptions), generation)
+        return f"{base}-x{extras}-g{self.added.view.generation}"
 
     # ------------------------------------------------------------------ start-up
 
@@ -177,10 +126,10 @@ class Predictor:
         cls,
         path: Path,
         *,
-        candidates: int = 200,
+        candidates: int = DEFAULT_CANDIDATES,
         index_kind: str = "auto",
-        nprobe: int = 128,
-        refine_factor: int = 32,
+        nprobe: int = DEFAULT_NPROBE,
+        refine_factor: int = DEFAULT_REFINE_FACTOR,
         save_index: bool = True,
     ) -> Predictor:
         t0 = time.monotonic()
@@ -211,59 +160,6 @@ class Predictor:
         seconds = time.monotonic() - t0
         log.info("ready: %d entities, branches %s, %s index, %.1fs", n, bundle.model.branches, kind, seconds)
         return cls(bundle, index, tables, candidates=candidates, load_seconds=seconds)
-
-    # ------------------------------------------------------------------ names
-
-    def resolve(self, head: str, relation: str, *, direction: str, k: int, filter_known: bool, max_k: int | None = None) -> Query:
-        """Ids or names -> a Query; NotFound (with suggestions) / InvalidRequest otherwise."""
-        if direction not in DIRECTIONS:
-            raise InvalidRequest(f"direction must be one of {list(DIRECTIONS)}", field="direction")
-        if k < 1 or (max_k is not None and k > max_k):
-            raise InvalidRequest(f"k must be between 1 and {max_k}", field="k")
-        e = self.resolve_entity(head, field="head")
-        try:
-            r = self.bundle.vocab.relation(relation)
-        except UnknownNameError as exc:
-            raise NotFound(str(exc), field="relation", suggestions=exc.suggestions) from exc
-        return Query(entity=e, relation=r, direction=direction, k=k, filter_known=filter_known)
-
-    def resolve_entity(self, key: str, *, field: str) -> int:
-        """An entity id or name -> index; NotFound naming `field`, with close names, else."""
-        try:
-            return self.bundle.vocab.entity(key)
-        except UnknownNameError as exc:
-            hit = self._added_index.get(key, self._added_by_name.get(key.strip().lower()))
-            if hit is not None and hit < self.num_entities:
-                return hit
-            raise NotFound(str(exc), field=field, suggestions=exc.suggestions) from exc
-
-    def is_known_id(self, key: str) -> bool:
-        """An entity id of the bundle or of an added entity."""
-        return self.bundle.vocab.has_entity_id(key) or key in self._added_index
-
-    def entity_info(self, e: int) -> dict[str, str]:
-        if e >= self.num_base:
-            v = self.view
-            return {"entity": v.added_ids[e - self.num_base], "name": v.added_names[e - self.num_base]}
-        return {"entity": self.bundle.vocab.entity_ids[e], "name": self.bundle.vocab.entity_names[e]}
-
-    def entity_description(self, e: int) -> str:
-        return self.view.added_descriptions[e - self.num_base] if e >= self.num_base else self.bundle.vocab.entity_descriptions[e]
-
-    def relation_info(self, r: int) -> dict[str, str]:
-        return {"relation": self.bundle.vocab.relation_ids[r], "name": self.bundle.vocab.relation_names[r]}
-
-    def describe(self, q: Query) -> dict:
-        """The query as the API echoes it: resolved head and relation with names, direction."""
-        return {"head": self.entity_info(q.entity), "relation": self.relation_info(q.relation), "direction": q.direction}
-
-    def search_entities(self, text: str, limit: int) -> list[dict[str, str]]:
-        """The bundle's NameIndex search; added entities whose name or id contains the text
-        come first (few, and the ones a user who just added them looks for)."""
-        v, low = self.view, text.strip().lower()
-        added = [self.num_base + i for i, (e, n) in enumerate(zip(v.added_ids, v.added_names)) if low and (low in n.lower() or low in e.lower())]
-        hits = (added + self.bundle.vocab.search_entities(text, limit))[:limit]
-        return [{**self.entity_info(i), "description": self.entity_description(i)} for i in hits]
 
     # ------------------------------------------------------------------ scoring
 
@@ -341,7 +237,7 @@ class Predictor:
         bounded chunks, when there is no index)."""
         if not queries:
             return []
-        tables = self.view.tables  # one view for the whole batch, whatever is added meanwhile
+        tables = self.added.view.tables  # one view for the whole batch, whatever is added meanwhile
         rels = [self._rel(q) for q in queries]
         qv, w = self._queries([q.entity for q in queries], rels, tables)
         known = [self._known_rows(q) for q in queries]
@@ -351,9 +247,9 @@ class Predictor:
         valid = ids >= 0
         cand = torch.from_numpy(np.where(valid, ids, 0))
         log_norm = None
-        if self.model.cfg.output == "softmax" and self.num_entities <= EXACT_NORMALIZER_MAX:
+        if self.model.cfg.output == "softmax" and self.num_entities <= EXHAUSTIVE_MAX_ENTITIES:
             # Softmax branches need each branch's normaliser over all N entities. Up to
-            # EXACT_NORMALIZER_MAX entities it is computed exactly (the cost of one exhaustive
+            # EXHAUSTIVE_MAX_ENTITIES entities it is computed exactly (the cost of one exhaustive
             # scoring pass, in chunks); above, the candidates' own sum stands in for it.
             log_norm = self.model.log_normalizers(qv, tables)
         _, p = self.model.rescore(qv, w, tables, cand, log_norm=log_norm)  # (B, M) exact fused probabilities
@@ -387,7 +283,7 @@ class Predictor:
     @torch.no_grad()
     def predict_exhaustive(self, q: Query) -> list[Ranked]:
         """Score every entity with the full model (the slow, exact baseline), index or not."""
-        tables = self.view.tables
+        tables = self.added.view.tables
         qv, w = self._queries([q.entity], [self._rel(q)], tables)
         return self._exhaustive([q], qv, w, [self._known_rows(q)], tables)[0]
 
@@ -396,7 +292,7 @@ class Predictor:
         """Where `entity` stands in q's answer over all entities: 1 + the number of entities
         that /predict would list before it (known answers other than it left out when
         q.filter_known; ties broken by entity id, as top_k_with_filter does)."""
-        tables = self.view.tables
+        tables = self.added.view.tables
         qv, w = self._queries([q.entity], [self._rel(q)], tables)
         _, p = self.model.rescore(qv, w, tables, None)
         p = p[0].numpy()
@@ -421,7 +317,7 @@ class Predictor:
         else:
             ranked = [self._rank_of(q, tail)]
         cand = torch.tensor([[c.entity for c in ranked]], dtype=torch.long)
-        tables = self.view.tables
+        tables = self.added.view.tables
         qv, w = self._queries([q.entity], [rel], tables)
         weights = {b: float(w[0, i]) for i, b in enumerate(self.branches)}
         out = []
@@ -445,114 +341,9 @@ class Predictor:
 
     # ------------------------------------------------------------------ probabilities
 
-    @property
-    def calibrated(self) -> bool:
-        return self.bundle.calibration is not None
-
     def probabilities(self, q: Query, scores: list[float]) -> list[float | None]:
         """Calibrated probability that each (query, answer) triple holds (model.bundle.calibration),
         None for every score when the bundle has no calibration."""
         if self.bundle.calibration is None:
             return [None] * len(scores)
         return [float(x) for x in self.bundle.calibration.probability(np.asarray(scores, dtype=np.float64), self._rel(q))]
-
-    # ------------------------------------------------------------------ new entities
-
-    def check_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None, *, max_text: int) -> None:
-        """Validate a new entity before any work: InvalidRequest naming the field."""
-        fmap = self.bundle.feature_map
-        if fmap is None:
-            raise Unsupported("this bundle has no feature map for new entities (run: imf bundle extras BUNDLE)")
-        if "text" not in self.model.modalities:
-            raise InvalidRequest("this model has no text branch: new entities need one", field="description")
-        if not name.strip():
-            raise InvalidRequest("must not be empty or blank", field="name")
-        if len(name) > max_text:
-            raise InvalidRequest(f"may have at most {max_text} characters", field="name")
-        if len(name) + len(description) > max_text:
-            raise InvalidRequest(f"name and description together may have at most {max_text} characters", field="description")
-        if entity_id is not None:
-            if not entity_id.strip() or any(c in entity_id for c in "\t\n\r"):
-                raise InvalidRequest("must not be blank or contain tabs or newlines", field="id")
-            if self.bundle.vocab.has_entity_id(entity_id):
-                raise InvalidRequest(f"entity id {entity_id!r} is an entity of the model", field="id")
-            # An id already added is checked against the store by the caller (same_entity): a
-            # retried request is answered with the entity it added, a different one is refused.
-        if numeric:
-            if "numeric" not in self.model.modalities or not fmap.numeric_attributes:
-                raise InvalidRequest("this bundle takes no numeric attributes for new entities", field="numeric")
-            allowed = set(fmap.numeric_attributes)
-            for attr, value in numeric.items():
-                if attr not in allowed:
-                    raise InvalidRequest(f"unknown numeric attribute {attr!r}; close: {close_matches(attr, fmap.numeric_attributes)}", field=f"numeric.{attr}")
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                    raise InvalidRequest(f"must be a finite number, got {value!r}", field=f"numeric.{attr}")
-
-    @staticmethod
-    def _entity_fields(name: str, description: str, numeric: dict[str, float]) -> dict:
-        """A new entity's fields as its record stores them (one normalisation for both
-        encode_new_entity and same_entity)."""
-        return {"name": name.strip(), "description": description.strip(), "numeric": {k: float(v) for k, v in numeric.items()}}
-
-    @classmethod
-    def same_entity(cls, record: dict, name: str, description: str, numeric: dict[str, float]) -> bool:
-        """Whether a stored record is what this request would store: the same name, description
-        and numeric attributes. A retried POST (the client timed out after the record was
-        stored) is then answered with that entity."""
-        fields = cls._entity_fields(name, description, numeric)
-        return all((record.get(k) or type(v)()) == v for k, v in fields.items())
-
-    def encode_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None) -> dict:
-        """The persistent record of a new entity: its text embedded with the offline encoder
-        that built the text features (model.features.text; the `encoder` extra). Slow (the encoder)."""
-        text = entity_text(entity_id or "", name, description) or name
-        vec = encode_texts([text])[0].astype(np.float32)
-        return {
-            "id": entity_id or f"new/{uuid.uuid4().hex[:12]}",
-            **self._entity_fields(name, description, numeric),
-            "text_vector": base64.b64encode(vec.tobytes()).decode("ascii"),
-            "model": self.bundle.fingerprint,
-        }
-
-    @torch.no_grad()
-    def rows_for(self, records: list[dict]) -> dict[str, Tensor]:
-        """Every branch's rows for new-entity records (model.bundle.feature_map.FeatureMap.embed): (M, d)."""
-        fmap = self.bundle.feature_map
-        assert fmap is not None
-        m = len(records)
-        feats: dict[str, np.ndarray] = {}
-        present: dict[str, np.ndarray] = {}
-        for mod, dim in self.model.cfg.modalities.items():
-            feats[mod] = np.zeros((m, dim), dtype=np.float32)
-            present[mod] = np.zeros(m, dtype=bool)
-        for i, rec in enumerate(records):
-            feats["text"][i] = np.frombuffer(base64.b64decode(rec["text_vector"]), dtype=np.float32)
-            present["text"][i] = True
-            if rec.get("numeric") and "numeric" in feats:
-                feats["numeric"][i] = fmap.numeric_features(rec["numeric"])
-                present["numeric"][i] = True
-        return fmap.embed(self.model, feats, present)
-
-    def add_records(self, records: list[dict]) -> int:
-        """Serve these records (the store's full list) in addition to those already served:
-        records already served keep their place, new ones are appended. Returns how many were new."""
-        with self._add_lock:
-            return self._add_records(records)
-
-    def _add_records(self, records: list[dict]) -> int:
-        v = self.view
-        have = set(v.added_ids)
-        fresh = [r for r in records if r["id"] not in have and not self.bundle.vocab.has_entity_id(r["id"]) and r.get("model") == self.bundle.fingerprint]
-        if not fresh:
-            return 0
-        old_rows = {b: t[self.num_base:] for b, t in v.tables.items()}
-        new_rows = self.rows_for(fresh)
-        rows = {b: torch.cat([old_rows[b], new_rows[b].to(old_rows[b].dtype)]) for b in self.branches}
-        self.set_added(
-            [*v.added_ids, *(r["id"] for r in fresh)],
-            [*v.added_names, *(r["name"] for r in fresh)],
-            [*v.added_descriptions, *(r["description"] for r in fresh)],
-            rows,
-        )
-        log.info("serving %d added entities (%d new)", len(self.view.added_ids), len(fresh))
-        return len(fresh)

@@ -1,7 +1,8 @@
 """FAISS candidate retrieval over the concatenated branch entity tables.
 
-What is indexed. The fused score is p(t) = sum_b w_b(r) sigmoid(q_b . C_b[t]): a weighted sum of
-sigmoids, not one inner product. Its close surrogate, the weighted sum of logits
+What is indexed. The fused score p(t) = sum_b w_b(r) P_b(t | h, r) mixes each branch's
+probability (a softmax over the entities for cross-entropy models, a sigmoid for BCE ones): not
+one inner product. Its close surrogate, the weighted sum of logits
 sum_b w_b(r) q_b . C_b[t], *is* one inner product:
 
     xb[t] = [C_S[t] | C_T[t] | ... | C_MM[t]]          (N, num_branches * d), stored once
@@ -9,7 +10,8 @@ sum_b w_b(r) q_b . C_b[t], *is* one inner product:
 
 so a maximum-inner-product index over xb returns the surrogate's top K' (FAISS names: xb, xq,
 D, I, k). The engine then rescores those K' with the full model, which restores the exact order;
-the cost of the approximation is measured as candidate recall (bench/serve_bench.py).
+the cost of the approximation is measured as candidate recall (bench/serve_bench.py,
+docs/benchmarks.md).
 
 Index types: "flat" (exact inner-product search), "ivf" (IVF-Flat), "ivfpq" (IVF-PQ codes
 re-ranked exactly by IndexRefineFlat, for millions), "hnsw"; and "exact", no index at all, which
@@ -20,9 +22,8 @@ refused before FAISS parses it, and rebuilt).
 
 Inner product to L2. The clustering (IVF) and graph (HNSW) indexes search badly with the
 inner-product metric on vectors of unequal norms: a cell's centroid is a poor proxy for the inner
-products of its members, so the right cells are not probed (measured on a 1M-entity bundle with
-a trained model's logits: recall@10 0.60 with IVF-PQ over inner products at nprobe 32, and no
-better than 0.73 at nprobe 512). They index the standard reduction instead (Bachrach et al.,
+products of its members, so the right cells are not probed (docs/benchmarks.md measures the recall
+lost on a 1M-entity bundle). They index the standard reduction instead (Bachrach et al.,
 RecSys 2014): with M = max_t |xb[t]|,
 
     xb'[t] = [xb[t], sqrt(M^2 - |xb[t]|^2)]     xq' = [xq, 0]
@@ -51,22 +52,29 @@ from model.files import sha256_file
 log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
-
-
 EXACT = "exact"  # no index: the full model scores every entity (exact by construction)
+
+# The retrieval defaults (IMF_CANDIDATES, IMF_NPROBE, IMF_REFINE_FACTOR read them): one home.
+DEFAULT_CANDIDATES = 200  # K': candidates retrieved, then rescored exactly
+DEFAULT_NPROBE = 128  # IVF lists visited per search
+DEFAULT_REFINE_FACTOR = 32  # IVF-PQ: codes re-ranked exactly, as a multiple of the search depth
+# Largest graph for which one exhaustive scoring pass per query is affordable on a CPU: `auto`
+# scores every entity exactly below it (no index), and the retrieval path computes exact softmax
+# normalisers up to it (above, the candidates' own sum stands in).
+EXHAUSTIVE_MAX_ENTITIES = 200_000
 
 
 def resolve_kind(kind: str, num_entities: int) -> str:
-    """'auto' -> "exact" below 200k entities, "ivfpq" above.
+    """'auto' -> "exact" below EXHAUSTIVE_MAX_ENTITIES entities, "ivfpq" from there on.
 
     A flat index computes the same N dot products that exhaustive full-model scoring does (and
     the engine searches it once per branch plus once for the surrogate), so below a few hundred
-    thousand entities scoring everything exactly is both exact and faster (FB15k-237: 2.0-2.7 ms
-    against 4.6-5.2 ms per query, docs/benchmarks.md). Sublinear indexes (IVF, PQ, HNSW) win at scale.
+    thousand entities scoring everything exactly is both exact and faster (docs/benchmarks.md
+    measures both). Sublinear indexes (IVF, PQ, HNSW) win at scale.
     """
     if kind != "auto":
         return kind
-    return EXACT if num_entities < 200_000 else "ivfpq"
+    return EXACT if num_entities < EXHAUSTIVE_MAX_ENTITIES else "ivfpq"
 
 
 def factory_string(kind: str, num_entities: int, dim: int) -> str:
@@ -108,7 +116,7 @@ def _index_dim(kind: str, dim: int) -> int:
 class CandidateIndex:
     """A FAISS inner-product index over xb, with the settings that query it."""
 
-    def __init__(self, index: faiss.Index, kind: str, *, nprobe: int = 128, refine_factor: int = 32, max_norm_sq: float = 0.0) -> None:
+    def __init__(self, index: faiss.Index, kind: str, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR, max_norm_sq: float = 0.0) -> None:
         """max_norm_sq: M^2 of the L2 reduction (L2-reduced kinds only)."""
         self.index = index
         self.kind = kind
@@ -168,7 +176,7 @@ class CandidateIndex:
         return np.where(ids >= 0, ip, -np.inf).astype(np.float32), ids
 
     @classmethod
-    def build(cls, xb: np.ndarray, kind: str, *, nprobe: int = 128, refine_factor: int = 32, seed: int = 0) -> CandidateIndex:
+    def build(cls, xb: np.ndarray, kind: str, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR, seed: int = 0) -> CandidateIndex:
         """Build an index of `kind` over xb: (N, dim) float32."""
         n, dim = xb.shape
         xb = np.ascontiguousarray(xb, dtype=np.float32)
@@ -217,7 +225,7 @@ class CandidateIndex:
         os.replace(meta_tmp, folder / f"{self.kind}.json")
 
     @classmethod
-    def load(cls, folder: Path, kind: str, fingerprint: str, dim: int, ntotal: int, *, nprobe: int = 128, refine_factor: int = 32) -> CandidateIndex | None:
+    def load(cls, folder: Path, kind: str, fingerprint: str, dim: int, ntotal: int, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR) -> CandidateIndex | None:
         """The saved index of `kind` if it was built from this model (fingerprint, shape), else None."""
         meta_path, index_path = folder / f"{kind}.json", folder / f"{kind}.faiss"
         if not (meta_path.is_file() and index_path.is_file()):

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.index import DEFAULT_CANDIDATES, DEFAULT_NPROBE, DEFAULT_REFINE_FACTOR, EXHAUSTIVE_MAX_ENTITIES
+
 DEFAULT_BUNDLE = Path("artifacts/default")
 
 
@@ -27,13 +29,13 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(3600, ge=1, description="lifetime of a cached answer, seconds (IMF_CACHE_TTL_S)")
     cache_size: int = Field(50_000, ge=1, description="entries of the in-process LRU cache (IMF_CACHE_SIZE)")
     cache_bytes: int = Field(256 * 2**20, ge=1024, description="bytes (keys + answers) of the in-process LRU cache (IMF_CACHE_BYTES)")
-    candidates: int = Field(200, ge=1, le=100_000, description="K': candidates retrieved by FAISS, then rescored exactly (IMF_CANDIDATES)")
+    candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=100_000, description="K': candidates retrieved by FAISS, then rescored exactly (IMF_CANDIDATES)")
     max_k: int = Field(100, ge=1, le=10_000, description="largest k a request may ask for (IMF_MAX_K)")
     max_batch: int = Field(64, ge=1, le=10_000, description="most queries in one /predict/batch request (IMF_MAX_BATCH)")
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="largest request body; larger gets 413 (IMF_MAX_BODY_BYTES)")
-    index: Literal["auto", "exact", "flat", "ivf", "ivfpq", "hnsw"] = Field("auto", description="candidate retrieval: a FAISS index type, or exact (score every entity); auto = exact below 200k entities, ivfpq above (IMF_INDEX)")
-    nprobe: int = Field(128, ge=1, description="IVF lists visited per search (IMF_NPROBE)")
-    refine_factor: int = Field(32, ge=1, le=64, description="ivfpq: exact re-ranking of refine_factor x K' codes (IMF_REFINE_FACTOR)")
+    index: Literal["auto", "exact", "flat", "ivf", "ivfpq", "hnsw"] = Field("auto", description=f"candidate retrieval: a FAISS index type, or exact (score every entity); auto = exact below {EXHAUSTIVE_MAX_ENTITIES:,} entities, ivfpq from there (IMF_INDEX)")
+    nprobe: int = Field(DEFAULT_NPROBE, ge=1, description="IVF lists visited per search (IMF_NPROBE)")
+    refine_factor: int = Field(DEFAULT_REFINE_FACTOR, ge=1, le=64, description="ivfpq: exact re-ranking of refine_factor x K' codes (IMF_REFINE_FACTOR)")
     torch_threads: int = Field(1, ge=1, le=256, description="intra-op threads per request (IMF_TORCH_THREADS)")
     faiss_threads: int = Field(1, ge=1, le=256, description="OpenMP threads of FAISS (IMF_FAISS_THREADS)")
     workers: int = Field(2, ge=1, le=256, description="requests computed at once, off the event loop (IMF_WORKERS)")

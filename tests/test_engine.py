@@ -186,19 +186,19 @@ def test_explain_decomposes_the_score(predictor: Predictor) -> None:
 def test_resolution_by_id_and_name_and_errors(predictor: Predictor) -> None:
     b = predictor.bundle
     e = 5
-    q1 = predictor.resolve(b.vocab.entity_ids[e], b.vocab.relation_ids[0], direction="tail", k=3, filter_known=True)
-    q2 = predictor.resolve(b.vocab.entity_names[e].upper(), b.vocab.relation_names[0], direction="tail", k=3, filter_known=True)
+    q1 = predictor.names.resolve(b.vocab.entity_ids[e], b.vocab.relation_ids[0], direction="tail", k=3, filter_known=True)
+    q2 = predictor.names.resolve(b.vocab.entity_names[e].upper(), b.vocab.relation_names[0], direction="tail", k=3, filter_known=True)
     assert q1 == q2 and q1.cache_key("f" * 64, predictor.retrieval) == q2.cache_key("f" * 64, predictor.retrieval)
     with pytest.raises(NotFound) as info:
-        predictor.resolve(b.vocab.entity_names[e] + "x", b.vocab.relation_ids[0], direction="tail", k=3, filter_known=True)
+        predictor.names.resolve(b.vocab.entity_names[e] + "x", b.vocab.relation_ids[0], direction="tail", k=3, filter_known=True)
     assert info.value.field == "head" and b.vocab.entity_names[e] in info.value.suggestions
     with pytest.raises(NotFound) as info:
-        predictor.resolve(b.vocab.entity_ids[e], "/no/such/relation", direction="tail", k=3, filter_known=True)
+        predictor.names.resolve(b.vocab.entity_ids[e], "/no/such/relation", direction="tail", k=3, filter_known=True)
     assert info.value.field == "relation"
     with pytest.raises(InvalidRequest):
-        predictor.resolve(b.vocab.entity_ids[e], b.vocab.relation_ids[0], direction="tail", k=0, filter_known=True)
+        predictor.names.resolve(b.vocab.entity_ids[e], b.vocab.relation_ids[0], direction="tail", k=0, filter_known=True)
     with pytest.raises(InvalidRequest):
-        predictor.resolve(b.vocab.entity_ids[e], b.vocab.relation_ids[0], direction="up", k=3, filter_known=True)
+        predictor.names.resolve(b.vocab.entity_ids[e], b.vocab.relation_ids[0], direction="up", k=3, filter_known=True)
 
 
 def test_index_is_saved_with_fingerprint_and_reused(slice_bundle: Path, tmp_path: Path) -> None:

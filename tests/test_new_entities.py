@@ -91,9 +91,9 @@ def test_added_entities_retrieval_path_equals_exhaustive(extras_bundle: Path, tm
     p = Predictor.load(copy, candidates=300, index_kind="flat", save_index=False)  # K' < N: the retrieval path
     rng = np.random.default_rng(0)
     before = p.retrieval
-    assert p.add_records([_record(p, rng, f"new/{i}") for i in range(3)]) == 3
+    assert p.added.add_records([_record(p, rng, f"new/{i}") for i in range(3)]) == 3
     assert p.retrieval != before  # cached answers of the old set are never served
-    assert p.add_records([_record(p, rng, "new/0")]) == 0  # same id: not added twice
+    assert p.added.add_records([_record(p, rng, "new/0")]) == 0  # same id: not added twice
     n = p.num_base
     assert p.num_entities == n + 3
     for e in [0, 7, n, n + 2]:  # bundle entities and added ones as query heads
@@ -172,7 +172,7 @@ def test_retry_after_the_store_write_serves_the_stored_entity(extras_bundle: Pat
         wait_ready(c)
         p = c.app.state.imf.predictor  # type: ignore[attr-defined]
         body = {**ADA, "id": "new/retried"}
-        record = p.encode_new_entity(body["name"], body["description"], {}, body["id"])
+        record = p.added.encode_new_entity(body["name"], body["description"], {}, body["id"])
         store = FileStore(settings.state_dir, p.bundle.fingerprint)
         asyncio.run(store.add(record))  # what the first, timed-out try had written
         assert c.get("/entities", params={"q": "new/retried"}).json()["entities"] == []  # not served yet

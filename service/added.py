@@ -1,0 +1,202 @@
+"""The added-entity registry: entities the model never saw in training, served without
+retraining (POST /entities).
+
+Their rows (model.bundle.feature_map, from the bundle's feature map) are appended to every
+branch table in a new `View`, swapped in whole, so a request that started on one view finishes
+on it. The FAISS index keeps the bundle's N entities; every added entity is a candidate of
+every query and scored exactly. The view's `generation` is part of every cache key and changes
+with every addition, so no cached answer that lacks a new entity is served.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import math
+import threading
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.bundle.format import Bundle
+from model.features.text import encode_texts, entity_text
+from model.kg.names import close_matches
+from service.errors import InvalidRequest, Unsupported
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class View:
+    """What the engine scores against: the entity tables of every branch, the bundle's N rows
+    followed by the M added entities' rows, and the added entities' vocabulary."""
+
+    tables: dict[str, Tensor]  # (N + M, d) each
+    added_ids: tuple[str, ...] = ()
+    added_names: tuple[str, ...] = ()
+    added_descriptions: tuple[str, ...] = ()
+    generation: str = "0"  # digest of the added ids in order: changes with every addition (cache keys carry it)
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.tables.values())))
+
+
+class AddedEntities:
+    """The current `View` and the lookups of added entities by id and name; thread-safe (one
+    writer at a time, readers take the view they started with)."""
+
+    def __init__(self, bundle: Bundle, base_tables: dict[str, Tensor]) -> None:
+        """base_tables: every branch's (N, d) table of the bundle's entities."""
+        self.bundle = bundle
+        self.model = bundle.model
+        self.branches = self.model.branches
+        self.base_tables = base_tables
+        self.num_base = bundle.num_entities  # the bundle's entities come first; added ones from here
+        self.view = View(base_tables)
+        self._add_lock = threading.Lock()  # one writer of the view at a time
+        self._by_id: dict[str, int] = {}
+        self._by_name: dict[str, int] = {}
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self.view.added_ids
+
+    def lookup(self, key: str) -> int | None:
+        """The entity index of an added entity by id or exact (case-insensitive) name, None if
+        there is none (or its row is not in the current view yet)."""
+        hit = self._by_id.get(key, self._by_name.get(key.strip().lower()))
+        return hit if hit is not None and hit < self.view.size else None
+
+    def has_id(self, key: str) -> bool:
+        return key in self._by_id
+
+    def info(self, e: int) -> dict[str, str]:
+        """{"entity", "name"} of added entity e (an index >= num_base)."""
+        v = self.view
+        return {"entity": v.added_ids[e - self.num_base], "name": v.added_names[e - self.num_base]}
+
+    def description(self, e: int) -> str:
+        return self.view.added_descriptions[e - self.num_base]
+
+    def matching(self, text: str) -> list[int]:
+        """Added entities whose name or id contains `text` (case-insensitive), in order added."""
+        v, low = self.view, text.strip().lower()
+        return [self.num_base + i for i, (e, n) in enumerate(zip(v.added_ids, v.added_names)) if low and (low in n.lower() or low in e.lower())]
+
+    def set_added(self, ids: list[str], names: list[str], descriptions: list[str], rows: dict[str, Tensor]) -> None:
+        """Serve the bundle's entities plus these (rows[b]: (M, d) per branch), atomically.
+        An entity already served must keep its position (callers append, never reorder)."""
+        generation = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12] if ids else "0"
+        tables = {b: torch.cat([t, rows[b].to(t.dtype)]).contiguous() if len(ids) else t for b, t in self.base_tables.items()}
+        by_name: dict[str, int] = {}
+        for i, n in enumerate(names):
+            by_name.setdefault(n.strip().lower(), self.num_base + i)
+        # Lookups first, the view last: a lookup that finds a row the old view lacks is refused
+        # by `lookup`'s bound check until the view is swapped in.
+        self._by_id = {e: self.num_base + i for i, e in enumerate(ids)}
+        self._by_name = by_name
+        self.view = View(tables, tuple(ids), tuple(names), tuple(descriptions), generation)
+
+    def check_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None, *, max_text: int) -> None:
+        """Validate a new entity before any work: InvalidRequest naming the field."""
+        fmap = self.bundle.feature_map
+        if fmap is None:
+            raise Unsupported("this bundle has no feature map for new entities (run: imf bundle extras BUNDLE)")
+        if "text" not in self.model.modalities:
+            raise InvalidRequest("this model has no text branch: new entities need one", field="description")
+        if not name.strip():
+            raise InvalidRequest("must not be empty or blank", field="name")
+        if len(name) > max_text:
+            raise InvalidRequest(f"may have at most {max_text} characters", field="name")
+        if len(name) + len(description) > max_text:
+            raise InvalidRequest(f"name and description together may have at most {max_text} characters", field="description")
+        if entity_id is not None:
+            if not entity_id.strip() or any(c in entity_id for c in "\t\n\r"):
+                raise InvalidRequest("must not be blank or contain tabs or newlines", field="id")
+            if self.bundle.vocab.has_entity_id(entity_id):
+                raise InvalidRequest(f"entity id {entity_id!r} is an entity of the model", field="id")
+            # An id already added is checked against the store by the caller (same_entity): a
+            # retried request is answered with the entity it added, a different one is refused.
+        if numeric:
+            if "numeric" not in self.model.modalities or not fmap.numeric_attributes:
+                raise InvalidRequest("this bundle takes no numeric attributes for new entities", field="numeric")
+            allowed = set(fmap.numeric_attributes)
+            for attr, value in numeric.items():
+                if attr not in allowed:
+                    raise InvalidRequest(f"unknown numeric attribute {attr!r}; close: {close_matches(attr, fmap.numeric_attributes)}", field=f"numeric.{attr}")
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                    raise InvalidRequest(f"must be a finite number, got {value!r}", field=f"numeric.{attr}")
+
+    @staticmethod
+    def _entity_fields(name: str, description: str, numeric: dict[str, float]) -> dict:
+        """A new entity's fields as its record stores them (one normalisation for both
+        encode_new_entity and same_entity)."""
+        return {"name": name.strip(), "description": description.strip(), "numeric": {k: float(v) for k, v in numeric.items()}}
+
+    @classmethod
+    def same_entity(cls, record: dict, name: str, description: str, numeric: dict[str, float]) -> bool:
+        """Whether a stored record is what this request would store: the same name, description
+        and numeric attributes. A retried POST (the client timed out after the record was
+        stored) is then answered with that entity."""
+        fields = cls._entity_fields(name, description, numeric)
+        return all((record.get(k) or type(v)()) == v for k, v in fields.items())
+
+    def encode_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None) -> dict:
+        """The persistent record of a new entity: its text embedded with the offline encoder
+        that built the text features (model.features.text; the `encoder` extra). Slow (the encoder)."""
+        text = entity_text(entity_id or "", name, description) or name
+        vec = encode_texts([text])[0].astype(np.float32)
+        return {
+            "id": entity_id or f"new/{uuid.uuid4().hex[:12]}",
+            **self._entity_fields(name, description, numeric),
+            "text_vector": base64.b64encode(vec.tobytes()).decode("ascii"),
+            "model": self.bundle.fingerprint,
+        }
+
+    @torch.no_grad()
+    def rows_for(self, records: list[dict]) -> dict[str, Tensor]:
+        """Every branch's rows for new-entity records (model.bundle.feature_map.FeatureMap.embed): (M, d)."""
+        fmap = self.bundle.feature_map
+        assert fmap is not None
+        m = len(records)
+        feats: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        for mod, dim in self.model.cfg.modalities.items():
+            feats[mod] = np.zeros((m, dim), dtype=np.float32)
+            present[mod] = np.zeros(m, dtype=bool)
+        for i, rec in enumerate(records):
+            feats["text"][i] = np.frombuffer(base64.b64decode(rec["text_vector"]), dtype=np.float32)
+            present["text"][i] = True
+            if rec.get("numeric") and "numeric" in feats:
+                feats["numeric"][i] = fmap.numeric_features(rec["numeric"])
+                present["numeric"][i] = True
+        return fmap.embed(self.model, feats, present)
+
+    def add_records(self, records: list[dict]) -> int:
+        """Serve these records (the store's full list) in addition to those already served:
+        records already served keep their place, new ones are appended. Returns how many were new."""
+        with self._add_lock:
+            return self._add_records(records)
+
+    def _add_records(self, records: list[dict]) -> int:
+        v = self.view
+        have = set(v.added_ids)
+        fresh = [r for r in records if r["id"] not in have and not self.bundle.vocab.has_entity_id(r["id"]) and r.get("model") == self.bundle.fingerprint]
+        if not fresh:
+            return 0
+        old_rows = {b: t[self.num_base:] for b, t in v.tables.items()}
+        new_rows = self.rows_for(fresh)
+        rows = {b: torch.cat([old_rows[b], new_rows[b].to(old_rows[b].dtype)]) for b in self.branches}
+        self.set_added(
+            [*v.added_ids, *(r["id"] for r in fresh)],
+            [*v.added_names, *(r["name"] for r in fresh)],
+            [*v.added_descriptions, *(r["description"] for r in fresh)],
+            rows,
+        )
+        log.info("serving %d added entities (%d new)", len(self.view.added_ids), len(fresh))
+        return len(fresh)

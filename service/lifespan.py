@@ -1,0 +1,159 @@
+"""Start-up and shut-down of the app, each step a named function.
+
+Heavy work happens here, never at import: `lifespan` makes the cache and the state at once (so
+/health answers), then loads the engine in the background (`load`), so /ready and every
+prediction answer 503 until the model, its tables and the FAISS index are ready. With
+IMF_ALLOW_NEW_ENTITIES it opens the entity store, serves what it holds, keeps it in sync
+(`entity_sync_loop`) and loads the text encoder before the first request needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import faiss
+import torch
+from fastapi import FastAPI
+
+from model.features.text import encode_texts
+from service.cache import Cache, MemoryCache, RedisCache, redacted
+from service.engine import Predictor
+from service.entities import EntityStore, FileStore, RedisStore
+from service.metrics import Metrics
+from service.settings import Settings
+from service.state import AppState
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[Settings], Predictor]
+
+
+def default_loader(settings: Settings) -> Predictor:
+    """The engine for IMF_BUNDLE with the retrieval settings."""
+    return Predictor.load(
+        settings.bundle,
+        candidates=settings.candidates,
+        index_kind=settings.index,
+        nprobe=settings.nprobe,
+        refine_factor=settings.refine_factor,
+        save_index=settings.save_index,
+    )
+
+
+def make_cache(settings: Settings, metrics: Metrics) -> Cache:
+    """Redis when IMF_REDIS_URL is set, else the in-process LRU."""
+    if settings.redis_url:
+        log.info("cache: redis at %s", redacted(settings.redis_url))
+        return RedisCache(settings.redis_url, timeout_s=settings.redis_timeout_s, on_error=metrics.cache_errors.inc)
+    log.info("cache: in-process LRU (%d entries, %d MiB); set IMF_REDIS_URL for Redis", settings.cache_size, settings.cache_bytes >> 20)
+    return MemoryCache(settings.cache_size, settings.cache_bytes)
+
+
+def make_store(settings: Settings, predictor: Predictor) -> EntityStore:
+    """Where added entities live: Redis (shared by the replicas) or a file in IMF_STATE_DIR."""
+    if settings.redis_url:
+        return RedisStore(settings.redis_url, predictor.bundle.fingerprint, settings.redis_timeout_s)
+    return FileStore(settings.state_dir, predictor.bundle.fingerprint)
+
+
+async def sync_entities(state: AppState, p: Predictor) -> None:
+    """Serve what the entity store holds now, if it changed since the last look."""
+    assert state.store is not None
+    version = await state.store.version()
+    if version == state.store_version:
+        return
+    records = await state.store.load()
+    await state.run(p.added.add_records, records)
+    state.store_version = version
+
+
+async def entity_sync_loop(state: AppState, p: Predictor) -> None:
+    """Pick up entities other replicas added, every IMF_ENTITY_SYNC_S, until cancelled."""
+    while True:
+        await asyncio.sleep(state.settings.entity_sync_s)
+        try:
+            await sync_entities(state, p)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("entity sync: %s", exc)
+
+
+async def warm_encoder(settings: Settings) -> None:
+    """Load the text encoder now, not inside the first POST /entities' time limit."""
+    try:
+        await anyio.to_thread.run_sync(encode_texts, ["warm-up"])
+        torch.set_num_threads(settings.torch_threads)  # the encoder set its own
+    except ImportError as exc:
+        log.warning("text encoder not installed (%s): POST /entities answers 501", exc)
+    except Exception as exc:  # noqa: BLE001 - serving the bundle matters more
+        log.warning("text encoder failed to load (%s: %s): POST /entities will try again", type(exc).__name__, exc)
+
+
+async def open_entities(state: AppState, p: Predictor, tasks: list[asyncio.Task]) -> None:
+    """The entity store, what it holds served, and its sync loop (added to `tasks`, which
+    shut-down cancels)."""
+    settings = state.settings
+    if p.bundle.feature_map is None:
+        log.warning("IMF_ALLOW_NEW_ENTITIES is set but %s has no feature map (imf bundle extras): POST /entities answers 501", settings.bundle)
+    state.store = make_store(settings, p)
+    try:
+        await sync_entities(state, p)
+    except Exception as exc:  # Redis down at start: serve the bundle, retry in the sync loop
+        log.error("added entities not loaded yet (%s); retrying every %gs", exc, settings.entity_sync_s)
+    tasks.append(state.spawn(entity_sync_loop(state, p)))
+    if p.bundle.feature_map is not None:
+        await warm_encoder(settings)
+
+
+async def load(state: AppState, loader: Loader, tasks: list[asyncio.Task]) -> None:
+    """Load the engine off the event loop and mark the app ready; a failure is kept for /ready
+    (which reports it tersely) and the log, and the process keeps answering."""
+    settings = state.settings
+    try:
+        predictor = await anyio.to_thread.run_sync(loader, settings)
+        if settings.allow_new_entities:
+            await open_entities(state, predictor, tasks)
+        state.predictor = predictor
+        state.metrics.ready.set(1)
+        state.metrics.startup.set(time.monotonic() - state.started_at)
+    except Exception as exc:  # keep serving /health and /ready, which report it
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("loading %s failed: %s", settings.bundle, state.load_error)
+
+
+async def shut_down(state: AppState, tasks: list[asyncio.Task]) -> None:
+    """Stop loading and syncing, close the store, give cache writes a moment, close the cache."""
+    for t in tasks:
+        if not t.done():
+            t.cancel()
+    if state.store is not None:
+        await state.store.close()
+    pending = [t for t in state.background if not t.done()]
+    if pending:  # cache writes still in flight: give them a moment
+        await asyncio.wait(pending, timeout=2)
+    await state.cache.close()
+
+
+def lifespan(settings: Settings, metrics: Metrics, loader: Loader) -> Callable[[FastAPI], AsyncIterator[None]]:
+    """The app's lifespan for these settings: state at once, the engine in the background."""
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.torch_threads)
+        faiss.omp_set_num_threads(settings.faiss_threads)
+        state = AppState(settings=settings, metrics=metrics, cache=make_cache(settings, metrics), limiter=anyio.CapacityLimiter(settings.workers))
+        app.state.imf = state
+        tasks: list[asyncio.Task] = []
+        tasks.append(asyncio.create_task(load(state, loader, tasks)))
+        try:
+            yield
+        finally:
+            await shut_down(state, tasks)
+
+    return run  # type: ignore[return-value]

@@ -1,0 +1,69 @@
+"""Operations: liveness and readiness (open to anyone, terse), the explorer page, and behind
+the API key the served model's description (/info) and Prometheus metrics (/metrics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from model import __version__
+from service.deps import PredictorDep, StateDep
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+public = APIRouter()
+router = APIRouter()
+
+
+@public.get("/health", summary="Liveness: the process answers")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@public.get("/ready", summary="Readiness: model, index and cache status (503 until loaded)")
+async def ready(state: StateDep) -> JSONResponse:
+    cache = await state.cache.status()
+    state.metrics.cache_up.set(1 if cache.get("ok") else 0)
+    # Open to anyone, so terse: no paths, no exception text (the server log has them).
+    body = {
+        "ready": state.predictor is not None,
+        "model": state.predictor.bundle.fingerprint if state.predictor else None,
+        "cache": {k: v for k, v in cache.items() if k in ("backend", "ok", "circuit")},
+    }
+    if state.predictor is None:
+        body["error"] = "model failed to load; see the server log" if state.load_error else "model is loading"
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(body)
+
+
+@public.get("/", include_in_schema=False)
+async def explorer() -> FileResponse:
+    """The explorer page (service/static/explorer.html): no build step, nothing from a CDN."""
+    return FileResponse(STATIC / "explorer.html", media_type="text/html")
+
+
+@router.get("/info", summary="The served model: fingerprint, dataset, branches, metrics")
+async def info(state: StateDep, p: PredictorDep) -> dict:
+    m = p.bundle.manifest
+    return {
+        "model": p.bundle.fingerprint,
+        "dataset": m.get("dataset"),
+        "branches": m.get("branches"),
+        "modalities": m.get("modalities"),
+        "metrics": m.get("metrics"),
+        "index": {"kind": p.index_kind, "candidates": p.candidates if p.index is not None else p.num_entities},
+        "calibration": (m.get("extras") or {}).get("calibration", {}).get("method"),
+        "new_entities": {
+            "enabled": bool(state.settings.allow_new_entities and p.bundle.feature_map is not None),
+            "added": len(p.added.ids),
+            "numeric_attributes": p.bundle.feature_map.numeric_attributes if p.bundle.feature_map else [],
+        },
+        "version": __version__,
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(state: StateDep) -> Response:
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")

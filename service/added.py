@@ -149,7 +149,7 @@ class AddedEntities:
     def encode_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None) -> dict:
         """The persistent record of a new entity: its text embedded with the offline encoder
         that built the text features (model.features.text; the `encoder` extra). Slow (the encoder)."""
-        text = entity_text(entity_id or "", name, description) or name
+        text = entity_text(name, description) or name
         vec = encode_texts([text])[0].astype(np.float32)
         return {
             "id": entity_id or f"new/{uuid.uuid4().hex[:12]}",

@@ -160,13 +160,9 @@ class RedisCache:
         self._on_error = on_error
         self.breaker = breaker or CircuitBreaker()
         self.skipped = 0  # calls not made because the circuit was open
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None
 
     def _failed(self, op: str, exc: Exception) -> None:
         self.breaker.failed()
-        self.last_error = f"{op}: {type(exc).__name__}: {exc}"
-        self.last_error_at = time.time()
         log.warning("redis %s failed (%s); answering uncached (circuit %s)", op, exc, self.breaker.state)
         if self._on_error:
             self._on_error()
@@ -175,7 +171,6 @@ class RedisCache:
         if self.breaker.state != "closed":
             log.info("redis is back; circuit closed")
         self.breaker.succeeded()
-        self.last_error = None
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         if not keys:

@@ -15,12 +15,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import uvicorn
 from pydantic import ValidationError
 
+from model.bundle.format import read_manifest, verify_files
 from model.cli import build_parser, run
 from model.errors import IMFError
+from service.app import create_app
+from service.settings import DEFAULT_BUNDLE, Settings
 
 log = logging.getLogger("imf")
+
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP service (settings from IMF_* variables)")
@@ -30,9 +35,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_serve)
 
 
-def _settings(args: argparse.Namespace):
-    from service.settings import Settings
-
+def _settings(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k, v in {"bundle": args.bundle, "host": args.host, "port": args.port}.items() if v is not None}
     try:
         return Settings(**overrides)
@@ -42,12 +45,6 @@ def _settings(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from model.bundle.format import read_manifest, verify_files
-    from service.app import create_app
-    from service.settings import DEFAULT_BUNDLE
-
     settings = _settings(args)
     if not settings.bundle.exists():
         hint = "rebuild the shipped default with `bash scripts/train_default.sh`" if settings.bundle == DEFAULT_BUNDLE else f"train one with `imf train --dataset ... --out {settings.bundle}`"

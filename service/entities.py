@@ -27,6 +27,8 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+import redis.asyncio as redis
+
 from model.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -92,8 +94,6 @@ class FileStore:
 
 class RedisStore:
     def __init__(self, url: str, fingerprint: str, timeout_s: float) -> None:
-        import redis.asyncio as redis
-
         self.client = redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.key = f"imf:entities:{fingerprint[:16]}"
         self.seq_key = self.key + ":seq"

@@ -88,9 +88,8 @@ def factory_string(kind: str, num_entities: int, dim: int) -> str:
     if kind == "ivfpq":
         # 4-bit PQ codes, one per 2 dims (the same bytes as 8-bit codes per 4 dims), scanned with
         # FAISS's SIMD "fast scan" kernels; the exact refinement of refine_factor x the search
-        # depth makes up for their coarseness. On the 1M-entity benchmark (separate runs, so
-        # roughly): recall@10 0.967 at 8.0 ms per query against 0.963 at 9.6 ms with 8-bit
-        # codes, and the index builds in 40 s instead of 110 s.
+        # depth makes up for their coarseness: a little more recall per millisecond than 8-bit
+        # codes, and a faster build (docs/benchmarks.md section 5 has the figures).
         return f"IVF{nlist},PQ{dim // 2}x4fs"
     if kind == "hnsw":
         return "HNSW32"

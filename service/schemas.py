@@ -6,12 +6,13 @@ not silently coerced.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 Direction = Literal["tail", "head"]
-NameOrId = Field(min_length=1, max_length=1000)
+# An entity or relation as a client names it: an id or an exact name (one constraint for every field).
+NameOrId = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 
 
 class _Strict(BaseModel):
@@ -19,8 +20,8 @@ class _Strict(BaseModel):
 
 
 class PredictRequest(_Strict):
-    head: str = Field(min_length=1, max_length=1000, description="entity id or exact name; with direction 'head', the known tail", examples=["Barack Obama"])
-    relation: str = Field(min_length=1, max_length=1000, description="relation id or name", examples=["/people/person/nationality"])
+    head: NameOrId = Field(description="entity id or exact name; with direction 'head', the known tail", examples=["Barack Obama"])
+    relation: NameOrId = Field(description="relation id or name", examples=["/people/person/nationality"])
     k: StrictInt = Field(10, ge=1, description="number of predictions (at most IMF_MAX_K)")
     direction: Direction = Field("tail", description="'tail': (head, relation, ?); 'head': (?, relation, head)")
     filter_known: StrictBool = Field(True, description="exclude facts already in the KG (false: keep them, flagged known)")
@@ -68,10 +69,10 @@ class BatchResponse(BaseModel):
 
 
 class ExplainRequest(_Strict):
-    head: str = Field(min_length=1, max_length=1000, examples=["Barack Obama"])
-    relation: str = Field(min_length=1, max_length=1000, examples=["/people/person/nationality"])
+    head: NameOrId = Field(examples=["Barack Obama"])
+    relation: NameOrId = Field(examples=["/people/person/nationality"])
     direction: Direction = "tail"
-    tail: str | None = Field(None, min_length=1, max_length=1000, description="explain only this candidate")
+    tail: NameOrId | None = Field(None, description="explain only this candidate")
     k: StrictInt = Field(10, ge=1)
     filter_known: StrictBool = True
 
@@ -119,7 +120,7 @@ class NewEntityRequest(_Strict):
     name: str = Field(max_length=100_000, description="the entity's name (required, not blank)", examples=["Ada Lovelace"])
     description: str = Field("", max_length=100_000, description="a sentence or two, encoded with the name like the training entities' texts", examples=["English mathematician and writer, known for her work on the Analytical Engine"])
     numeric: dict[str, float] = Field(default_factory=dict, description="numeric attributes as in the training data (names from GET /info -> new_entities.numeric_attributes)")
-    id: str | None = Field(None, min_length=1, max_length=1000, description="a stable id; generated when omitted")
+    id: NameOrId | None = Field(None, description="a stable id; generated when omitted")
 
 
 class NewEntityResponse(BaseModel):
@@ -130,9 +131,9 @@ class NewEntityResponse(BaseModel):
 
 
 class ScoreRequest(_Strict):
-    head: str = Field(min_length=1, max_length=1000, examples=["Barack Obama"])
-    relation: str = Field(min_length=1, max_length=1000, examples=["/people/person/nationality"])
-    tail: str = Field(min_length=1, max_length=1000, examples=["United States of America"])
+    head: NameOrId = Field(examples=["Barack Obama"])
+    relation: NameOrId = Field(examples=["/people/person/nationality"])
+    tail: NameOrId = Field(examples=["United States of America"])
 
 
 class ScoreResponse(BaseModel):

@@ -108,12 +108,12 @@ def test_text_deterministic_and_empty(text_vectors: np.ndarray) -> None:
 
 
 def test_entity_text_rule() -> None:
-    assert text_features.entity_text("/m/02mjmr", "Barack Obama", "44th president") == "Barack Obama: 44th president"
-    assert text_features.entity_text("/m/02mjmr", "Barack Obama", "") == "Barack Obama"
-    assert text_features.entity_text("/m/0abc", "/m/0abc", "") is None  # nothing readable: left out
-    assert text_features.entity_text("/m/0abc", "/m/0abc", "a thing") == "/m/0abc: a thing"
-    assert text_features.entity_text("JavaScript", "JavaScript", "") == "JavaScript"  # readable id kept
-    assert text_features.entity_text("Q42", "Q42", "") is None
+    assert text_features.entity_text("Barack Obama", "44th president") == "Barack Obama: 44th president"
+    assert text_features.entity_text("Barack Obama", "") == "Barack Obama"
+    assert text_features.entity_text("/m/0abc", "") is None  # nothing readable: left out
+    assert text_features.entity_text("/m/0abc", "a thing") == "/m/0abc: a thing"
+    assert text_features.entity_text("JavaScript", "") == "JavaScript"  # readable id kept
+    assert text_features.entity_text("Q42", "") is None
 
 
 # ---------------------------------------------------------------------------------------------

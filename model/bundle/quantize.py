@@ -1,6 +1,7 @@
 """The compact encoding of a model's weights for serving: int8 entity tables and decoder cores
-with one float16 scale per row, every other float tensor float16 (a bundle 4x smaller than
-float32, validation MRR within 0.0001 on the shipped model; docs/benchmarks.md)."""
+with one float16 scale per row, every other float tensor float16: a bundle about 4x smaller
+than float32, at a cost in MRR that `model.pipeline.compact_bundle` measures and records in the
+manifest (docs/benchmarks.md section 1 has the shipped model's)."""
 
 from __future__ import annotations
 

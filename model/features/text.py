@@ -56,7 +56,7 @@ def encode_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
 _OPAQUE_ID = re.compile(r"^(/[mg]/[0-9a-z_]+|Q\d+|n\d{8})$")
 
 
-def entity_text(entity_id: str, name: str, description: str) -> str | None:
+def entity_text(name: str, description: str) -> str | None:
     """The string encoded for one entity: ``"name: description"``, or the name alone when there
     is no description; None (no text modality) when there is no description and the name is
     empty or an opaque machine id (a Freebase mid, a Wikidata Q-id, a WordNet offset), i.e.
@@ -82,7 +82,7 @@ def build_text_features(dataset_dir: Path) -> Path:
     keep_ids: list[str] = []
     texts: list[str] = []
     for key, name, desc in zip(ids, names, descs):
-        text = entity_text(key, name, desc)
+        text = entity_text(name, desc)
         if text is not None:
             keep_ids.append(key)
             texts.append(text)

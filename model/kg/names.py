@@ -1,13 +1,13 @@
 """Finding names fast: close-name suggestions and substring search with a bounded cost per query.
 
-`NameIndex` is built once over a vocabulary (1M entity names take seconds) and then answers
+`NameIndex` is built once over a vocabulary and then answers
 
 - `close(query)`: names that look like `query` (difflib's ratio >= 0.6, best first), for "did
   you mean" suggestions. Candidates come from a character-trigram inverted index: the query's
   rarest trigrams vote, at most `MAX_POSTINGS` posting entries are read, and only the
   `RERANK` names with the most shared trigrams are compared with difflib. So a query costs the
-  same at 10k and at 1M names (bench/name_index.py measures it), where difflib over every name
-  was linear (13-135 ms per unknown name at 14.5k entities).
+  same at 10k and at 1M names, where difflib over every name is linear in the vocabulary
+  (bench/name_index.py measures both; docs/benchmarks.md has the figures).
 - `search(query, limit)`: the `/entities?q=` tiers: exact name or id, then names starting with
   the query, then names or ids containing it, each tier by weight (training degree), then by
   index. Prefixes come from a sorted array (bisect), substrings from intersecting the trigram

@@ -1,4 +1,5 @@
-"""IMF: Interactive Multimodal Fusion for link prediction (Li et al., WWW 2023), as design.md §2.
+"""IMF: Interactive Multimodal Fusion for link prediction (Li et al., WWW 2023), as docs/model.md
+describes it (and where it departs from the paper and the reference code).
 
 Branches. `structure` (a learned entity table), one branch per feature modality (`text`,
 `visual`, `numeric`, ...: any set), and `multimodal` (the fused branch) when at least one feature
@@ -21,7 +22,7 @@ too); entities lacking the modality use a learned `missing` vector instead of th
 Fusion (stage 1): Tucker/MUTAN bilinear pooling of rank R over the structure and modality
 embeddings, for entities and (with a second net) for relations:
     e_mm = sum_k prod_m tanh(W_mk e_m + b_mk)           (default, MUTAN's activation)
-    e_mm = ReLU( sum_k prod_m ReLU(W_mk e_m + b_mk) )   (fusion_activation="relu", design.md)
+    e_mm = ReLU( sum_k prod_m ReLU(W_mk e_m + b_mk) )   (fusion_activation="relu", the paper's)
 
 Relations are doubled: id r + num_relations is the reciprocal of r, used for head prediction
 (query (t, r^-1, ?)).
@@ -63,7 +64,7 @@ class IMFConfig:
     dim: int = setting(200, "entity embedding size d", parse=positive_int)
     relation_dim: int | None = setting(None, "relation embedding size d_r (core tensor W_b: d_r x d x d; default: --dim)", parse=positive_int)
     fusion_rank: int = setting(2, "Tucker rank R of the bilinear fusion", parse=positive_int)
-    fusion_activation: str = setting("tanh", "factor activation of the bilinear fusion: tanh (MUTAN's) or relu (the formula of docs/model.md); see BilinearFusion", choices=("tanh", "relu"))
+    fusion_activation: str = setting("tanh", "factor activation of the bilinear fusion: tanh (MUTAN's) or relu (the paper's; docs/model.md)", choices=("tanh", "relu"))
     input_dropout: float = setting(0.3, "dropout on each decoder's normalised head embedding", parse=fraction)
     hidden_dropout1: float = setting(0.4, "dropout on the entries of the relation matrix M(r)", parse=fraction)
     hidden_dropout2: float = setting(0.5, "dropout on each decoder's query vector", parse=fraction)
@@ -101,12 +102,12 @@ class IMFConfig:
 class BilinearFusion(nn.Module):
     """Tucker-decomposed (MUTAN-style) fusion of M inputs of size d_in into one of size d_out.
 
-    activation "relu" (design.md's formula):  out = ReLU( sum_k prod_m ReLU(W_mk x_m + b_mk) )
+    activation "relu" (the paper's):  out = ReLU( sum_k prod_m ReLU(W_mk x_m + b_mk) )
     activation "tanh" (MUTAN's own choice):   out = sum_k prod_m tanh(W_mk x_m + b_mk)
 
     Each W_m holds its R factors stacked. With ReLU factors the product of M >= 2 non-negative,
     mostly-zero vectors leaves the fused table sparse and nearly constant across entities; on
-    FB15k-237 its branch then barely learns (docs/benchmarks.md), so "tanh" is the default.
+    FB15k-237 its branch then barely learns (docs/model.md), so "tanh" is the default.
     """
 
     def __init__(self, num_inputs: int, d_in: int, d_out: int, rank: int, activation: str = "tanh") -> None:
@@ -159,7 +160,8 @@ class TuckerDecoder(nn.Module):
         # TuckER drops entries of the relation matrix M(r)[j, k] (DropConnect), not output
         # units: each output then keeps most of its d inputs. One (d, d) mask per batch, shared
         # by its relations, is the same as masking W[:, j, k]; drawing a mask per relation
-        # (U x d x d random numbers) cost a third of a CPU training step.
+        # (U x d x d random numbers) made a CPU training step much slower (docs/benchmarks.md
+        # section 3).
         if self.training and self.hidden_dropout1.p > 0:
             keep = 1.0 - self.hidden_dropout1.p
             mask = torch.empty(1, d, d, device=core.device).bernoulli_(keep).div_(keep)

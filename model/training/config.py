@@ -33,7 +33,7 @@ class TrainConfig:
     loss: str = setting("ce", "ce: per-branch softmax cross-entropy + their mixture; bce: the paper's binary cross-entropy", choices=("ce", "bce"))
     label_smoothing: float | None = setting(None, "label smoothing (default: 0 for ce, 0.1 for bce, the paper's)", parse=fraction)
     # ce: weight each query by its number of answers (per-triple 1-vs-all cross-entropy); None:
-    # True for ce (validation MRR +11% at equal epochs, docs/benchmarks.md), False for bce
+    # True for ce (higher validation MRR at equal epochs, docs/benchmarks.md section 2.3), False for bce
     per_answer: bool | None = setting(None, {
         "--per-answer": "ce: weight each query by its number of answers, i.e. per-triple 1-vs-all cross-entropy (the default with ce)",
         "--per-query": "ce: weight every query alike (answers share one unit of target mass)",

@@ -8,17 +8,18 @@ by every branch; the loss is (`loss="ce"`, the default)
 
 with y the query's training answers normalised to sum 1, each query's terms weighted by its
 number of answers (`per_answer`, the default: the mean over training triples, as the evaluation
-counts them; +11% validation MRR at equal epochs over weighting every query alike), or
+counts them; higher validation MRR at equal epochs than weighting every query alike), or
 (`loss="bce"`, the paper's)
 sum_b BCEWithLogits(s_b, y') + BCE(sum_b w_b sigmoid s_b, y') with label-smoothed 0/1 targets
-y'. Cross-entropy learns an order of magnitude faster in the first epochs (docs/benchmarks.md).
+y'. Cross-entropy learns far faster in the first epochs. docs/benchmarks.md section 2.3 measures
+each of these choices at equal epochs.
 Model selection and early stopping use the validation split only (filtered MRR of the fused
 model); the test split is never looked at here.
 
 Batches are uniformly random: BatchNorm then sees the same mix of entity types and relations
 in every batch as at evaluation, and each step's gradient covers many relations. (Batches built
-from a few relation-homogeneous chunks, `relation_groups`, are cheaper per step on a CPU but cost
-a third of the validation MRR at equal epochs; they remain as an option for measurements.) The
+from a few relation-homogeneous chunks, `relation_groups`, are cheaper per step on a CPU but lose
+much of the validation MRR at equal epochs; they remain as an option for measurements.) The
 relation core transform (d_r x d x d per relation) is still built once per distinct relation
 of a batch.
 """

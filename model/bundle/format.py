@@ -7,10 +7,12 @@
       entities.tsv                id <TAB> name <TAB> description, in model order
       relations.tsv               id <TAB> name, in model order (reciprocals are id + R)
       known_triples.safetensors   train / valid / test triples (n, 3) int64, for filtering
+      calibration.json            optional: the probability calibration (model.bundle.calibration)
+      inductive.safetensors       optional: the feature map for new entities (model.bundle.feature_map)
       index/                      optional prebuilt FAISS index, tied to the model fingerprint
 
 `save_bundle` writes into a temporary sibling directory and renames it into place when every
-file is complete, so an interrupted run never leaves a half bundle. `load_bundle` checks the
+file is complete (model.files.atomic_folder), so an interrupted run never leaves a half bundle. `load_bundle` checks the
 format version and the sha256 of every file against the manifest, and refuses anything corrupt,
 truncated or mismatched with a `BundleError` that names the file.
 """

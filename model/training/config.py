@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model.config import fraction, positive_int, setting
+from model.kg.dataset import BUILTIN_DATASETS
 
 
 def modality_list(text: str) -> list[str]:
@@ -24,7 +25,7 @@ def count_or_all(text: str) -> int | None:
 class TrainConfig:
     """Training hyperparameters (stored in the bundle's manifest)."""
 
-    dataset: str = setting("fb15k-237", "built-in name (fb15k-237, db15k, wn9-img) or a dataset directory", required=True)
+    dataset: str = setting("fb15k-237", f"built-in name ({', '.join(BUILTIN_DATASETS)}) or a dataset directory", required=True)
     modalities: list[str] | None = setting(None, "comma list of feature modalities, or 'none' for structure only (default: the dataset's)", parse=modality_list)
     epochs: int = setting(50, "epochs to run (with --init-from: counting the bundle's)", parse=positive_int)
     batch_size: int = setting(256, "training queries per step", parse=positive_int)

@@ -33,13 +33,11 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,74 +47,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from model.bundle.format import load_bundle  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import RedisProcess, free_port, wait_ready  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-class RedisProcess:
-    """redis-server on a free loopback port, no persistence; kill() and start() at will."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server not installed (apt-get install redis-server)")
-        self.binary, self.workdir, self.port = binary, workdir, port or free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def wait_ready(proc: subprocess.Popen, base: str, timeout: float, output: Callable[[], str] | None = None) -> None:
-    """Poll `base`/ready until it answers 200; RuntimeError with the server's output (`output()`,
-    or its stdout pipe) if it exits first or is not ready within `timeout` seconds."""
-
-    def printed() -> str:
-        if output is not None:
-            return output()
-        return proc.stdout.read() if proc.stdout and proc.poll() is not None else ""
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{printed()}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server not ready in {timeout:.0f} s:\n{printed()[-3000:]}")
-        time.sleep(0.1)
+# (free_port, RedisProcess and the readiness poll wait_ready: tests/helpers.py, shared with the tests)
 
 
 class ServerProcess:
@@ -133,7 +68,11 @@ class ServerProcess:
 
     def start(self, timeout: float = 120) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "service", str(self.bundle)], cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
-        wait_ready(self.proc, self.base, timeout, self.output)
+        try:
+            wait_ready(self.base, timeout, proc=self.proc, output=self.output)
+        except BaseException:
+            self.stop()  # not left running when it never became ready (or the wait was interrupted)
+            raise
 
     def output(self) -> str:
         if self.log.closed:
@@ -557,8 +496,10 @@ def phase_bundles(bundle: Path, workdir: Path) -> list[dict]:
     second = ServerProcess(b, env)
     t0 = time.monotonic()
     second.start()
-    ok = httpx.post(f"{second.base}/predict", json={"head": load_bundle(b, verify=False).vocab.entity_ids[0], "relation": load_bundle(b, verify=False).vocab.relation_ids[0], "k": 3}, timeout=30).status_code
-    exit_code = second.stop()
+    try:
+        ok = httpx.post(f"{second.base}/predict", json={"head": load_bundle(b, verify=False).vocab.entity_ids[0], "relation": load_bundle(b, verify=False).vocab.relation_ids[0], "k": 3}, timeout=30).status_code
+    finally:
+        exit_code = second.stop()
     log = second.output()
     line = next((x for x in log.split("\n") if "checksum mismatch" in x), "")
     rows.append({"bundle": "tampered FAISS index", "exit": exit_code, "names_the_file": str(idx) in line, "message": line.split(" - ")[-1][:200] or log[-200:],

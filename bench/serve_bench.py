@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,7 +46,9 @@ import faiss  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from service.engine import Predictor, Query  # noqa: E402
+from service.engine import Predictor  # noqa: E402
+from service.query import Query  # noqa: E402
+from tests.helpers import free_port, wait_ready  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -144,12 +145,6 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str)
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -196,15 +191,7 @@ def http_phase(bundle: Path, names: list[dict], warmup: list[dict], env_extra: d
     proc = subprocess.Popen([sys.executable, "-m", "service", str(bundle)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError("server exited")
-            time.sleep(0.05)
+        wait_ready(base, 3600, proc=proc)  # generous: a million-entity bundle loads for minutes
         ready_s = time.monotonic() - t0
         rss_ready = rss_mb(proc.pid)
         # Warm-up with other queries (validation triples), so the measured misses stay misses.

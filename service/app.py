@@ -30,9 +30,6 @@ from service.middleware import Admission, BodyLimit, observer
 from service.routes import entities, explanations, operations, predictions
 from service.settings import Settings
 
-__all__ = ["create_app", "default_loader"]
-
-
 def create_app(settings: Settings | None = None, *, loader: Loader = default_loader) -> FastAPI:
     """The app for `settings` (default: from IMF_* variables). `loader` builds the Predictor
     (tests pass a small one); it runs in the lifespan, off the event loop."""

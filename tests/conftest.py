@@ -1,67 +1,29 @@
-"""Shared fixtures: tiny hand-made datasets and a small slice of the real FB15k-237."""
+"""Shared fixtures: tiny hand-made datasets, a small slice of the real FB15k-237, one model
+trained on that slice per session (saved as a bundle, and a copy with its extras fitted), and a
+throwaway redis-server. Helpers that test modules call directly live in tests/helpers.py.
+
+The day-to-day loop leaves out the tests marked slow (the shipped model's full validation
+evaluation, the load campaign, real server processes, the browser and the containers):
+
+    .venv/bin/python -m pytest -m "not slow"
+
+The full run, what CI runs, is `bash scripts/test.sh` (every test, slow ones included).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from model.kg.dataset import KGDataset, load_dataset
+from model.kg.dataset import load_dataset
+from tests.helpers import RedisServer, export_dataset, write_dataset
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def write_dataset(
-    root: Path,
-    train: list[tuple[str, str, str]],
-    valid: list[tuple[str, str, str]],
-    test: list[tuple[str, str, str]],
-    *,
-    entities: list[tuple[str, str, str]] | None = None,
-    features: dict[str, tuple[np.ndarray, list[str]]] | None = None,
-) -> Path:
-    """A dataset directory in the project format (see model/kg/dataset.py)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train), ("valid", valid), ("test", test)):
-        (root / f"{name}.tsv").write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
-    if entities is not None:
-        (root / "entities.tsv").write_text("".join("\t".join(r) + "\n" for r in entities), encoding="utf-8")
-    if features:
-        (root / "features").mkdir(exist_ok=True)
-        for mod, (matrix, ids) in features.items():
-            np.save(root / "features" / f"{mod}.npy", matrix)
-            (root / "features" / f"{mod}.ids.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-    return root
-
-
-def export_dataset(ds: KGDataset, root: Path, entities: np.ndarray) -> Path:
-    """Write the sub-graph of `ds` induced by `entities` (indices) to `root`, with features."""
-    keep = np.zeros(ds.num_entities, dtype=bool)
-    keep[entities] = True
-
-    def rows(split: np.ndarray) -> list[tuple[str, str, str]]:
-        mask = keep[split[:, 0]] & keep[split[:, 2]]
-        return [(ds.entity_ids[h], ds.relation_ids[r], ds.entity_ids[t]) for h, r, t in split[mask].tolist()]
-
-    train = rows(ds.train)
-    in_train = {h for h, _, _ in train} | {t for _, _, t in train}
-    rels = {r for _, r, _ in train}
-    valid = [x for x in rows(ds.valid) if x[0] in in_train and x[2] in in_train and x[1] in rels]
-    test = [x for x in rows(ds.test) if x[0] in in_train and x[2] in in_train and x[1] in rels]
-    order = [i for i in range(ds.num_entities) if keep[i] and ds.entity_ids[i] in in_train]
-    feats = {}
-    for mod, f in ds.features.items():
-        ids = [i for i in order if f.present[i]]
-        if not ids:
-            continue
-        feats[mod] = (f.matrix[ids].astype(np.float16), [ds.entity_ids[i] for i in ids])
-    write_dataset(
-        root, train, valid, test,
-        entities=[(ds.entity_ids[i], ds.entity_names[i], ds.entity_descriptions[i]) for i in order],
-        features=feats,
-    )
-    return root
+if TYPE_CHECKING:
+    from model.training.loop import TrainResult
 
 
 @pytest.fixture(scope="session")
@@ -85,22 +47,33 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def slice_bundle(fb15k_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small IMF trained on the FB15k-237 slice (text + numeric), saved as a bundle."""
-    from model.bundle.format import save_bundle
+def slice_training(fb15k_slice: Path) -> TrainResult:
+    """The one small IMF trained on the FB15k-237 slice (text + numeric) in a session, in memory
+    (model, dataset, metrics). Tests that check training itself train their own; everything
+    else that needs a model of the slice uses this one (or slice_bundle), so it is trained once.
+    Read-only: a test that changes the model or the dataset works on a copy."""
     from model.network.imf import IMFConfig
     from model.training.config import TrainConfig
     from model.training.loop import train
 
     ds = load_dataset(fb15k_slice)
-    result = train(TrainConfig(dataset=str(fb15k_slice), epochs=6, lr=0.01, seed=0, patience=100), ds, progress=False, model_config=IMFConfig(dim=32, relation_dim=32))
+    return train(TrainConfig(dataset=str(fb15k_slice), epochs=6, lr=0.01, seed=0, patience=100), ds, progress=False, model_config=IMFConfig(dim=32, relation_dim=32))
+
+
+@pytest.fixture(scope="session")
+def slice_bundle(slice_training: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """slice_training saved as a bundle, without extras (no calibration, no feature map)."""
+    from model.bundle.format import save_bundle
+
+    ds = slice_training.dataset
     out = tmp_path_factory.mktemp("bundles") / "slice"
-    return save_bundle(out, result.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={"epochs": 6}, metrics={"valid": result.valid_metrics})
+    return save_bundle(out, slice_training.model, ds.vocabulary(), ds.splits(), dataset=ds.info(), training={"epochs": 6}, metrics={"valid": slice_training.valid_metrics})
 
 
 @pytest.fixture(scope="session")
 def extras_bundle(slice_bundle: Path, fb15k_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """slice_bundle with its extras fitted (calibration + new-entity feature map)."""
+    """slice_bundle with its extras fitted (calibration + new-entity feature map), for the tests
+    of new entities, probabilities and the container; the others use slice_bundle and skip this fit."""
     import shutil
 
     from model.pipeline import fit_extras
@@ -110,3 +83,15 @@ def extras_bundle(slice_bundle: Path, fb15k_slice: Path, tmp_path_factory: pytes
     summary = fit_extras(out, dataset=fb15k_slice)
     assert summary["calibration"]["method"] in ("identity", "platt", "platt-family", "isotonic-family")
     return out
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own on a free loopback port (skipped where the binary is
+    missing, a failure under CI), stopped afterwards."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

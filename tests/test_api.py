@@ -11,23 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from model.bundle.format import load_bundle
-from service.app import create_app, default_loader
+from service.app import create_app
+from service.lifespan import default_loader
 from service.settings import Settings
-
-
-def with_(settings: Settings, **changes) -> Settings:
-    """A validated copy (model_copy would skip validation)."""
-    return Settings(**{**settings.model_dump(), **changes})
-
-
-def wait_ready(client: TestClient, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get("/ready")
-        if r.status_code == 200:
-            return r.json()
-        time.sleep(0.05)
-    raise AssertionError(f"not ready after {timeout}s: {r.json()}")
+from tests.helpers import wait_ready, with_
 
 
 @pytest.fixture(scope="module")

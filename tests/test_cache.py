@@ -4,22 +4,17 @@ starts on a free loopback port), and the service staying up when Redis goes down
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
-from bench.campaign import RedisProcess, free_port  # noqa: F401  (free_port: used by other tests)
 from service.app import create_app
 from service.cache import MemoryCache, RedisCache, SingleFlight, redacted
 from service.settings import Settings
-from tests.test_api import wait_ready, with_
+from tests.helpers import RedisServer, wait_ready, with_
 
 
 def test_memory_cache_lru_and_ttl() -> None:
@@ -136,35 +131,7 @@ def test_redacted() -> None:
 
 
 # ----------------------------------------------------------------------------- real Redis
-
-
-class RedisServer(RedisProcess):
-    """bench.campaign's throwaway redis-server (free loopback port, no persistence), skipped
-    when the binary is missing outside CI and a failure under CI."""
-
-    def __init__(self, workdir: Path) -> None:
-        if shutil.which("redis-server") is None:
-            message = "redis-server not installed (apt-get install redis-server; .ci/run installs it)"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
-        super().__init__(workdir)
-
-    def stop(self) -> None:
-        self.kill()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=1)
-
-
-@pytest.fixture()
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+# (the redis_server fixture, tests/conftest.py: a redis-server of the test's own)
 
 
 @pytest.mark.redis

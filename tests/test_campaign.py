@@ -23,6 +23,7 @@ from model.bundle.format import load_bundle
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None and not __import__("os").environ.get("CI"), reason="redis-server not installed")
 
 
+@pytest.mark.slow  # real server processes under load
 def test_mixed_traffic_has_no_server_errors(slice_bundle: Path, tmp_path: Path) -> None:
     out = phase_mixed(slice_bundle, clients=6, seconds=6, workdir=tmp_path)
     print(out)
@@ -32,6 +33,7 @@ def test_mixed_traffic_has_no_server_errors(slice_bundle: Path, tmp_path: Path) 
     assert {200, 404, 413, 422} <= codes, codes  # the mix really exercised the error paths
 
 
+@pytest.mark.slow  # real server processes under load
 def test_redis_killed_twice_under_load_fails_no_request(slice_bundle: Path, tmp_path: Path) -> None:
     out = phase_redis(slice_bundle, clients=4, seconds=12, workdir=tmp_path)
     print(out)
@@ -39,6 +41,7 @@ def test_redis_killed_twice_under_load_fails_no_request(slice_bundle: Path, tmp_
     assert out["cache_hits_after_last_restart"] > 0  # caching resumed once Redis was back
 
 
+@pytest.mark.slow  # real server processes under load
 def test_damaged_bundles_are_refused_naming_the_file(slice_bundle: Path, tmp_path: Path) -> None:
     rows = phase_bundles(slice_bundle, tmp_path)
     print(rows)
@@ -50,6 +53,7 @@ def test_damaged_bundles_are_refused_naming_the_file(slice_bundle: Path, tmp_pat
     assert idx["names_the_file"] and idx["then"] == "rebuilt; /predict 200", idx
 
 
+@pytest.mark.slow  # real server processes under load
 def test_sigterm_lets_in_flight_requests_finish(slice_bundle: Path) -> None:
     server = ServerProcess(slice_bundle, {"IMF_SAVE_INDEX": "false", "IMF_MAX_BATCH": "64", "IMF_SHUTDOWN_TIMEOUT_S": "20"})
     server.start()

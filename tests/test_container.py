@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from model.bundle.format import load_bundle
-from tests.test_cache import free_port
+from tests.helpers import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(os.environ.get("IMF_CONTAINER_SCRIPTS") or REPO.parent / "shared" / "containers")
@@ -115,21 +115,13 @@ def _readable_copy(src: Path, dst: Path) -> Path:
 
 
 def _wait_ready(stack: Stack, base_url: str, service: str | None, timeout: float = 240) -> dict:
-    """Poll /ready until the model is loaded and the Redis cache is reachable."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    with httpx.Client(base_url=base_url, timeout=5) as http:
-        while time.monotonic() < deadline:
-            try:
-                res = http.get("/ready")
-                last = f"{res.status_code} {res.text[:300]}"
-                if res.status_code == 200 and res.json()["cache"].get("ok"):
-                    return res.json()
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(0.25)
-    logs = stack.logs(service) if service else ""
-    raise AssertionError(f"{base_url} not ready with Redis in {timeout:.0f} s; last: {last}\n--- logs\n{logs}")
+    """Poll /ready until the model is loaded and the Redis cache is reachable; on failure the
+    error quotes the service's container log."""
+    return wait_ready(
+        base_url, timeout, interval=0.25,
+        until=lambda body: bool(body["cache"].get("ok")),
+        output=lambda: f"--- logs\n{stack.logs(service)}" if service else "",
+    )
 
 
 def _report(config: pytest.Config, base: Path, report: dict) -> None:

@@ -13,8 +13,7 @@ import pytest
 from model.cli import main as cli_main
 from model.kg.dataset import BUILTIN_DATASETS, load_dataset, project_data_dir
 from model.errors import DataError, UnknownNameError
-
-from tests.conftest import write_dataset
+from tests.helpers import write_dataset
 
 
 @pytest.mark.parametrize("name", BUILTIN_DATASETS)

@@ -16,11 +16,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from bench.campaign import wait_ready
 from model.bundle.format import load_bundle
-from tests.test_cache import free_port
+from tests.helpers import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow  # a real server process, and schemathesis against it
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def live_server(slice_bundle: Path) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "service", str(slice_bundle)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(proc, base, 120)
+        wait_ready(base, 120, proc=proc)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)

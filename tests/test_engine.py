@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.engine import Predictor, Query
+from service.engine import Predictor
+from service.query import Query
 from service.errors import InvalidRequest, NotFound
 from service.index import INDEX_DIR, CandidateIndex
 

@@ -142,9 +142,10 @@ def test_explorer_waits_for_a_server_still_loading(browser) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    from bench.campaign import free_port
-    from service.app import create_app, default_loader
+    from service.app import create_app
+    from service.lifespan import default_loader
     from service.settings import Settings
+    from tests.helpers import free_port
 
     gate = threading.Event()
 

@@ -21,10 +21,10 @@ from model.errors import BundleError
 from model.features.numeric import log_stats, normalise_numeric
 from model.bundle.feature_map import FeatureMap, projected
 from service.app import create_app
-from service.engine import Predictor, Query
+from service.engine import Predictor
+from service.query import Query
 from service.settings import Settings
-from tests.test_api import wait_ready
-from tests.test_cache import RedisServer, redis_server  # noqa: F401 (fixture)
+from tests.helpers import RedisServer, wait_ready
 
 
 def test_extras_are_verified_and_carried_by_compaction(extras_bundle: Path, tmp_path: Path) -> None:

@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from model.bundle.format import load_bundle, read_manifest
-from tests.test_cache import free_port
-from bench.campaign import wait_ready
+from tests.helpers import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "artifacts" / "default"
@@ -34,6 +33,7 @@ def test_shipped_bundle_is_compact_verified_and_small() -> None:
     assert m["training"]["stopped_by"] in ("epochs", "early stopping", "time budget")
 
 
+@pytest.mark.slow  # the full validation split of FB15k-237 through the shipped model: tens of seconds
 def test_evaluate_reproduces_the_recorded_validation_metrics(capsys) -> None:
     from model.cli import main as cli_main
 
@@ -45,6 +45,7 @@ def test_evaluate_reproduces_the_recorded_validation_metrics(capsys) -> None:
         assert report[key] == pytest.approx(recorded[key], rel=1e-9, abs=1e-12), key
 
 
+@pytest.mark.slow  # a real server process
 def test_serve_with_no_arguments_answers_the_readme_example() -> None:
     """`imf serve` (what scripts/serve.sh runs) on the shipped model, no training, no Redis."""
     port = free_port()
@@ -54,7 +55,7 @@ def test_serve_with_no_arguments_answers_the_readme_example() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(proc, base, 60)  # the shipped model loads in seconds: no training at start
+        wait_ready(base, 60, proc=proc)  # the shipped model loads in seconds: no training at start
         res = httpx.post(f"{base}/predict", json={"head": "Barack Obama", "relation": "/people/person/nationality", "k": 3, "filter_known": False}, timeout=30)
         assert res.status_code == 200, res.text
         body = res.json()
@@ -87,7 +88,6 @@ def test_shipped_model_adds_an_entity_with_numeric_attributes(tmp_path: Path) ->
 
     from service.app import create_app
     from service.settings import Settings
-    from tests.test_api import wait_ready
 
     b = load_bundle(DEFAULT)
     assert b.calibration is not None and b.feature_map is not None and b.feature_map.numeric_attributes

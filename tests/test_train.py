@@ -121,6 +121,25 @@ def test_non_finite_loss_stops_training_with_a_clear_error(tiny_dataset: Path, m
     assert not out.exists() and not list(tmp_path.glob(".never*"))
 
 
+def test_cli_train_takes_every_option_from_the_configs_and_fits_the_extras(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    """`imf train` builds its options from TrainConfig and IMFConfig (defaults included: the
+    relation size follows --dim) and, by default, fits the bundle's extras after training."""
+    from model.bundle.format import CALIBRATION, FEATURE_MAP, read_manifest
+    from model.cli import main as cli_main
+
+    out = tmp_path / "run"
+    code = cli_main(["train", "--dataset", str(tiny_dataset), "--out", str(out), "--epochs", "2", "--dim", "6", "--batch-size", "4",
+                     "--per-query", "--no-residual", "--fusion-activation", "relu", "--valid-subset", "0", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    m = read_manifest(out)
+    cfg, tr = m["model_config"], m["training"]
+    assert cfg["dim"] == 6 and cfg["relation_dim"] == 6 and cfg["feature_residual"] is False and cfg["fusion_activation"] == "relu"
+    assert cfg["input_dropout"] == IMFConfig().input_dropout and cfg["fusion_rank"] == IMFConfig().fusion_rank
+    assert tr["epochs"] == 2 and tr["batch_size"] == 4 and tr["per_answer"] is False and tr["valid_subset"] is None
+    assert tr["lr"] == TrainConfig().lr and tr["patience"] == TrainConfig().patience
+    assert {CALIBRATION, FEATURE_MAP} <= set(m["files"]) and "calibration" in m["extras"]
+
+
 @pytest.mark.parametrize("loss", ["ce", "bce"])
 def test_batchnorm_statistics_match_between_training_and_evaluation(fb15k_slice: Path, loss: str) -> None:
     """After a few hundred steps on uniformly shuffled batches, the model scores the same

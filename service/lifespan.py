@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 import faiss
@@ -140,7 +140,7 @@ async def shut_down(state: AppState, tasks: list[asyncio.Task]) -> None:
     await state.cache.close()
 
 
-def lifespan(settings: Settings, metrics: Metrics, loader: Loader) -> Callable[[FastAPI], AsyncIterator[None]]:
+def lifespan(settings: Settings, metrics: Metrics, loader: Loader) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The app's lifespan for these settings: state at once, the engine in the background."""
 
     @asynccontextmanager
@@ -156,4 +156,4 @@ def lifespan(settings: Settings, metrics: Metrics, loader: Loader) -> Callable[[
         finally:
             await shut_down(state, tasks)
 
-    return run  # type: ignore[return-value]
+    return run

@@ -148,7 +148,7 @@ def stack(extras_bundle: Path, tmp_path_factory: pytest.TempPathFactory, request
     image = f"localhost/imf-serve:{project}"
     port = free_port()
     model_dir = _readable_copy(extras_bundle, tmp_path_factory.mktemp("container") / "model")
-    env.update(IMF_IMAGE=image, IMF_PORT=str(port), IMF_MODEL_DIR=str(model_dir), IMF_ALLOW_NEW_ENTITIES="true")
+    env.update(IMF_IMAGE=image, IMF_PORT=str(port), IMF_MODEL_DIR=str(model_dir), IMF_ALLOW_NEW_ENTITIES="true", IMF_ALLOW_KEYLESS_ENTITIES="true")
     s = Stack(project=project, image=image, base_url=f"http://127.0.0.1:{port}", env=env, model_dir=model_dir)
     s.report["prepare_s"] = prepare_s
 
@@ -268,7 +268,7 @@ def test_second_replica_shares_the_redis_cache(stack: Stack, query: dict) -> Non
         "podman", "run", "-d", "--name", name, "--network", f"{stack.project}_default", "--read-only", "--tmpfs", "/tmp",
         # the same retrieval settings as the stack's replica (IMF_INDEX=flat): cache keys name
         # them, so a replica with other settings rightly computes its own answers
-        "-e", "IMF_REDIS_URL=redis://redis:6379/0", "-e", "IMF_INDEX=flat", "-e", "IMF_ALLOW_NEW_ENTITIES=true", "-e", "IMF_ENTITY_SYNC_S=0.5", "-v", f"{stack.model_dir}:/models/default:ro",
+        "-e", "IMF_REDIS_URL=redis://redis:6379/0", "-e", "IMF_STORE_REDIS_URL=redis://store:6379/0", "-e", "IMF_INDEX=flat", "-e", "IMF_ALLOW_NEW_ENTITIES=true", "-e", "IMF_ALLOW_KEYLESS_ENTITIES=true", "-e", "IMF_ENTITY_SYNC_S=0.5", "-v", f"{stack.model_dir}:/models/default:ro",
         "-p", f"127.0.0.1:{port}:8000", stack.image,
     )
     try:

@@ -22,12 +22,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from model import __version__
-from service.deps import KeyRequired
 from service.handlers import install_error_handlers
 from service.lifespan import Loader, default_loader, lifespan
 from service.metrics import Metrics
-from service.middleware import Admission, BodyLimit, observer
+from service.middleware import Admission, ApiKey, BodyLimit, SecurityHeaders, TrustedHost, observer
 from service.routes import entities, explanations, operations, predictions
+from service.routes.operations import OPEN_PATHS, mount_docs_assets
 from service.settings import Settings
 
 def create_app(settings: Settings | None = None, *, loader: Loader = default_loader) -> FastAPI:
@@ -40,12 +40,19 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
         version=__version__,
         description="Multimodal knowledge-graph link prediction with IMF: FAISS retrieval, exact decision-fusion rescoring, explanations, cache.",
         lifespan=lifespan(settings, metrics, loader),
+        docs_url=None,  # service.routes.operations serves /docs from local assets
+        redoc_url=None,  # ReDoc would come from a CDN: not served
     )
     install_error_handlers(app)
     app.include_router(operations.public)
     for resource in (predictions, explanations, entities, operations):
-        app.include_router(resource.router, dependencies=[KeyRequired])
+        app.include_router(resource.router)
+    mount_docs_assets(app)
+    # Added innermost first: a request meets them in the opposite order (service.middleware).
     app.middleware("http")(observer(metrics))
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # before parsing
-    app.add_middleware(Admission, get_state=lambda: getattr(app.state, "imf", None))  # outermost: before reading the body
+    app.add_middleware(Admission, get_state=lambda: getattr(app.state, "imf", None))  # only for a whole body, key checked
+    app.add_middleware(BodyLimit, settings=settings)  # the whole body in time, before parsing
+    app.add_middleware(ApiKey, settings=settings, open_paths=OPEN_PATHS)  # before anything is read
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(TrustedHost, allowed=settings.allowed_hosts)  # outermost
     return app

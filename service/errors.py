@@ -5,13 +5,14 @@
       InvalidRequest  422  a parameter out of range, a field naming the wrong thing
       NotReady        503  the model or index is still loading, or failed to load
       Overloaded      503  too much queued work, or a request waited past its time limit
-      Unauthorized    401  missing or wrong API key
       Forbidden       403  a disabled capability (adding entities without IMF_ALLOW_NEW_ENTITIES)
       Unsupported     501  the bundle or the install lacks what a request needs (feature map, encoder)
       StoreUnavailable 503 the entity store (Redis) cannot be reached: nothing was added
 
 The engine raises these (or `model.errors.UnknownNameError`, which becomes NotFound) and never
-knows about HTTP status codes itself.
+knows about HTTP status codes itself. What the middleware refuses before the app runs (401
+without the API key, 400 for an untrusted Host, 408 for a slow body, 413, 503 when saturated)
+it answers itself, with the same JSON body (service.middleware).
 """
 
 from __future__ import annotations
@@ -50,11 +51,6 @@ class Overloaded(ServiceError):
     status = 503
     code = "overloaded"
     retry_after = 1
-
-
-class Unauthorized(ServiceError):
-    status = 401
-    code = "unauthorized"
 
 
 class Forbidden(ServiceError):

@@ -12,6 +12,13 @@ The full run, what CI runs, is `bash scripts/test.sh` (every test, slow ones inc
 
 from __future__ import annotations
 
+import os
+
+# FastAPI's TestClient speaks to the app as Host "testserver": the service accepts only the Host
+# names in IMF_TRUSTED_HOSTS (a DNS-rebinding guard), so every Settings the tests build accepts
+# it too, unless a test sets trusted_hosts itself (tests/test_hardening.py does).
+os.environ.setdefault("IMF_TRUSTED_HOSTS", "testserver,localhost,127.0.0.1,::1,[::1]")
+
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING

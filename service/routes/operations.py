@@ -1,17 +1,27 @@
 """Operations: liveness and readiness (open to anyone, terse), the explorer page, and behind
-the API key the served model's description (/info) and Prometheus metrics (/metrics)."""
+the API key (when one is set) the served model's description (/info), Prometheus metrics
+(/metrics) and the interactive API docs (/docs: Swagger UI from the app's own copy of its
+assets, nothing from a CDN; the schema itself is /openapi.json)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse, JSONResponse, Response
+import swagger_ui_bundle
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from model import __version__
 from service.deps import PredictorDep, StateDep
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+DOCS_ASSETS = "/docs/assets"
+
+# Open to anyone even with IMF_API_KEY set (service.middleware.ApiKey): liveness, readiness and
+# the explorer page (which asks for the key itself before it calls the API).
+OPEN_PATHS = ("/", "/health", "/ready")
 
 public = APIRouter()
 router = APIRouter()
@@ -67,3 +77,18 @@ async def info(state: StateDep, p: PredictorDep) -> dict:
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(state: StateDep) -> Response:
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs() -> HTMLResponse:
+    """Swagger UI for /openapi.json, its script and style served by the app (DOCS_ASSETS)."""
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json", title="IMF link prediction: API",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+    )
+
+
+def mount_docs_assets(app: FastAPI) -> None:
+    """Swagger UI's files, from the swagger-ui-bundle package (no CDN)."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.index import DEFAULT_CANDIDATES, DEFAULT_NPROBE, DEFAULT_REFINE_FACTOR, EXHAUSTIVE_MAX_ENTITIES
 
 DEFAULT_BUNDLE = Path("artifacts/default")
+MAX_BATCH_LIMIT = 10_000  # the largest IMF_MAX_BATCH (also the schema's bound on a batch)
 
 
 class Settings(BaseSettings):
@@ -32,7 +33,7 @@ class Settings(BaseSettings):
     cache_bytes: int = Field(256 * 2**20, ge=1024, description="bytes (keys + answers) of the in-process LRU cache (IMF_CACHE_BYTES)")
     candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=100_000, description="K': candidates retrieved by FAISS, then rescored exactly (IMF_CANDIDATES)")
     max_k: int = Field(100, ge=1, le=10_000, description="largest k a request may ask for (IMF_MAX_K)")
-    max_batch: int = Field(64, ge=1, le=10_000, description="most queries in one /predict/batch request (IMF_MAX_BATCH)")
+    max_batch: int = Field(64, ge=1, le=MAX_BATCH_LIMIT, description="most queries in one /predict/batch request (IMF_MAX_BATCH)")
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="largest request body; larger gets 413 (IMF_MAX_BODY_BYTES)")
     body_timeout_s: float = Field(5.0, gt=0, le=600, description="longest a request body may take to arrive; slower gets 408, and it holds no slot meanwhile (IMF_BODY_TIMEOUT_S)")
     max_connections: int = Field(1024, ge=1, le=1_000_000, description="open connections at once; beyond, new requests get 503 from the HTTP server (IMF_MAX_CONNECTIONS)")

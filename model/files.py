@@ -7,14 +7,19 @@ are written with four backslash escapes (``\\\\`` ``\\t`` ``\\n`` ``\\r``) and r
 ``\\n`` alone, so `decode_field(encode_field(s)) == s` for every string and a record never spans
 two lines. Readers split records on ``\\n`` only (never `splitlines`).
 
-Atomic writes. `atomic_write` writes each file under a hidden temporary name beside its target
-and renames them all into place once every one is complete; a failure leaves the old files.
+Atomic writes. `atomic_write` writes each file under a hidden temporary name beside its target,
+fsyncs it, renames them all into place once every one is complete and fsyncs their folders; a
+failure leaves the old files, and once it returns the new ones survive a power loss (a rename
+without the fsyncs may reach the disk before the data, leaving an empty or truncated file).
+`remove_stale_temporaries` clears what a crash in the middle left behind.
 `atomic_folder` does the same for a folder (a bundle): it is built under a temporary name and
 swapped in whole, the old one moved aside first, so a failure leaves one intact copy.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import os
 import re
@@ -68,11 +73,52 @@ def atomic_write(*files: tuple[Path, Callable[[Path], None]]) -> None:
     try:
         for (tmp, _), (_, writer) in zip(tmps, files):
             writer(tmp)
+            fsync_file(tmp)  # the data on disk before the rename can make it visible
         for tmp, path in tmps:
             os.replace(tmp, path)
+        for folder in dict.fromkeys(path.parent for _, path in tmps):
+            fsync_dir(folder)  # the renames themselves on disk
     finally:
         for tmp, _ in tmps:
             tmp.unlink(missing_ok=True)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk (a writer that closed it may leave it in the page
+    cache, lost on a power failure)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a created, renamed or removed name) to the disk. Filesystems
+    that cannot sync a directory (EINVAL, e.g. some network mounts) are skipped."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # a platform without directory handles (Windows): nothing to sync
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries `atomic_write` left beside `path` (``.NAME.tmp-PID``) when a
+    process died between writing and renaming; returns what was removed. Call it where no
+    writer of `path` can be at work (at start, or under the lock its writers take)."""
+    removed = []
+    for tmp in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.tmp-*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 @contextmanager
@@ -131,4 +177,7 @@ def sha256_files(paths: list[Path], root: Path | None = None) -> str:
     return h.hexdigest()
 
 
-__all__ = ["atomic_folder", "atomic_write", "decode_field", "encode_field", "encode_record", "records", "sha256_file", "sha256_files"]
+__all__ = [
+    "atomic_folder", "atomic_write", "decode_field", "encode_field", "encode_record", "fsync_dir", "fsync_file", "records",
+    "remove_stale_temporaries", "sha256_file", "sha256_files",
+]

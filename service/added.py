@@ -4,14 +4,22 @@ retraining (POST /entities).
 Their rows (model.bundle.feature_map, from the bundle's feature map) are appended to every
 branch table in a new `View`, swapped in whole, so a request that started on one view finishes
 on it. The FAISS index keeps the bundle's N entities; every added entity is a candidate of
-every query and scored exactly. The view's `generation` is part of every cache key and changes
-with every addition, so no cached answer that lacks a new entity is served.
+every query and scored exactly. The view's `generation` is part of every cache key: a digest
+of every added entity's content (id, name, description, numbers, text vector, model), so it
+changes with every addition and with any change of a record under an id already served, and no
+cached answer that lacks a new entity, or was computed with another entity under its id, is
+served (by this replica or any other sharing the cache).
+
+The store is the truth: a record whose id is served with different content (the store was reset
+and the id reused) replaces the served one in place, so this replica serves what the store and
+every fresh replica serve.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import math
 import threading
@@ -39,11 +47,23 @@ class View:
     added_ids: tuple[str, ...] = ()
     added_names: tuple[str, ...] = ()
     added_descriptions: tuple[str, ...] = ()
-    generation: str = "0"  # digest of the added ids in order: changes with every addition (cache keys carry it)
+    generation: str = "0"  # digest of the added entities' contents in order: changes with every addition or change (cache keys carry it)
+    added_digests: tuple[str, ...] = ()  # record_digest of each added entity, to see a changed record
+
 
     @property
     def size(self) -> int:
         return len(next(iter(self.tables.values())))
+
+
+CONTENT = ("id", "name", "description", "numeric", "text_vector", "model")  # what an added entity is
+
+
+def record_digest(record: dict) -> str:
+    """A digest of what a record serves (CONTENT; not its place in the store, `seq`): two records
+    with the same digest give the same rows and the same answers."""
+    content = {k: record.get(k) for k in CONTENT}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 class AddedEntities:
@@ -88,10 +108,14 @@ class AddedEntities:
         v, low = self.view, text.strip().lower()
         return [self.num_base + i for i, (e, n) in enumerate(zip(v.added_ids, v.added_names)) if low and (low in n.lower() or low in e.lower())]
 
-    def set_added(self, ids: list[str], names: list[str], descriptions: list[str], rows: dict[str, Tensor]) -> None:
-        """Serve the bundle's entities plus these (rows[b]: (M, d) per branch), atomically.
-        An entity already served must keep its position (callers append, never reorder)."""
-        generation = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12] if ids else "0"
+    def set_added(self, ids: list[str], names: list[str], descriptions: list[str], rows: dict[str, Tensor], *, digests: list[str]) -> None:
+        """Serve the bundle's entities plus these (rows[b]: (M, d) per branch; digests: each
+        one's `record_digest`), atomically. An entity already served must keep its position
+        (callers append or replace in place, never reorder: a request may resolve an id to a
+        row on one view and score it on the next)."""
+        if len(digests) != len(ids):
+            raise ValueError(f"{len(ids)} added entities but {len(digests)} digests")
+        generation = hashlib.sha256("\n".join(digests).encode()).hexdigest()[:12] if ids else "0"
         tables = {b: torch.cat([t, rows[b].to(t.dtype)]).contiguous() if len(ids) else t for b, t in self.base_tables.items()}
         by_name: dict[str, int] = {}
         for i, n in enumerate(names):
@@ -100,7 +124,7 @@ class AddedEntities:
         # by `lookup`'s bound check until the view is swapped in.
         self._by_id = {e: self.num_base + i for i, e in enumerate(ids)}
         self._by_name = by_name
-        self.view = View(tables, tuple(ids), tuple(names), tuple(descriptions), generation)
+        self.view = View(tables, tuple(ids), tuple(names), tuple(descriptions), generation, tuple(digests))
 
     def check_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None, *, max_text: int) -> None:
         """Validate a new entity before any work: InvalidRequest naming the field."""
@@ -178,25 +202,52 @@ class AddedEntities:
         return fmap.embed(self.model, feats, present)
 
     def add_records(self, records: list[dict]) -> int:
-        """Serve these records (the store's full list) in addition to those already served:
-        records already served keep their place, new ones are appended. Returns how many were new."""
+        """Serve these records (the store's full list, or the few a request just stored or read
+        from it) in addition to those already served: records already served keep their place,
+        new ones are appended, and a served id whose record differs (the store was reset and
+        the id reused) gets the stored record in its place. Returns how many were new."""
         with self._add_lock:
             return self._add_records(records)
 
     def _add_records(self, records: list[dict]) -> int:
         v = self.view
-        have = set(v.added_ids)
-        fresh = [r for r in records if r["id"] not in have and not self.bundle.vocab.has_entity_id(r["id"]) and r.get("model") == self.bundle.fingerprint]
-        if not fresh:
+        place = {e: i for i, e in enumerate(v.added_ids)}
+        fresh: list[tuple[dict, str]] = []
+        changed: dict[int, tuple[dict, str]] = {}
+        seen: set[str] = set()
+        for r in records:
+            if r["id"] in seen or self.bundle.vocab.has_entity_id(r["id"]) or r.get("model") != self.bundle.fingerprint:
+                continue
+            seen.add(r["id"])
+            digest = record_digest(r)
+            i = place.get(r["id"])
+            if i is None:
+                fresh.append((r, digest))
+            elif v.added_digests[i] != digest:
+                changed[i] = (r, digest)
+        if not fresh and not changed:
             return 0
-        old_rows = {b: t[self.num_base:] for b, t in v.tables.items()}
-        new_rows = self.rows_for(fresh)
-        rows = {b: torch.cat([old_rows[b], new_rows[b].to(old_rows[b].dtype)]) for b in self.branches}
-        self.set_added(
-            [*v.added_ids, *(r["id"] for r in fresh)],
-            [*v.added_names, *(r["name"] for r in fresh)],
-            [*v.added_descriptions, *(r["description"] for r in fresh)],
-            rows,
-        )
-        log.info("serving %d added entities (%d new)", len(self.view.added_ids), len(fresh))
+        ids, names, descriptions, digests = list(v.added_ids), list(v.added_names), list(v.added_descriptions), list(v.added_digests)
+        rows = {b: t[self.num_base:] for b, t in v.tables.items()}
+        if changed:
+            # Replaced in place (same row, same id): never written into the old view's tensors,
+            # which requests that started on it still read.
+            where = list(changed)
+            replaced = self.rows_for([r for r, _ in changed.values()])
+            rows = {b: rows[b].clone() for b in self.branches}
+            for b in self.branches:
+                rows[b][where] = replaced[b].to(rows[b].dtype)
+            for i, (r, digest) in changed.items():
+                ids[i], names[i], descriptions[i], digests[i] = r["id"], r["name"], r["description"], digest
+            log.warning("%d added entities changed in the store under ids already served (a reset store, ids reused): serving the stored records: %s",
+                        len(changed), ", ".join(ids[i] for i in where[:5]))
+        if fresh:
+            new_rows = self.rows_for([r for r, _ in fresh])
+            rows = {b: torch.cat([rows[b], new_rows[b].to(rows[b].dtype)]) for b in self.branches}
+            ids += [r["id"] for r, _ in fresh]
+            names += [r["name"] for r, _ in fresh]
+            descriptions += [r["description"] for r, _ in fresh]
+            digests += [d for _, d in fresh]
+        self.set_added(ids, names, descriptions, rows, digests=digests)
+        log.info("serving %d added entities (%d new, %d changed)", len(ids), len(fresh), len(changed))
         return len(fresh)

@@ -6,6 +6,7 @@
       NotReady        503  the model or index is still loading, or failed to load
       Overloaded      503  too much queued work, or a request waited past its time limit
       Forbidden       403  a disabled capability (adding entities without IMF_ALLOW_NEW_ENTITIES)
+      TooManyEntities 409  IMF_MAX_NEW_ENTITIES entities are added already: nothing more is
       Unsupported     501  the bundle or the install lacks what a request needs (feature map, encoder)
       StoreUnavailable 503 the entity store (Redis) cannot be reached: nothing was added
 
@@ -67,3 +68,11 @@ class StoreUnavailable(ServiceError):
     status = 503
     code = "store_unavailable"
     retry_after = 2
+
+
+class TooManyEntities(ServiceError):
+    """The store holds IMF_MAX_NEW_ENTITIES records: nothing more is added (every added entity
+    is scored by every query, so their number bounds the latency of all of them)."""
+
+    status = 409
+    code = "too_many_entities"

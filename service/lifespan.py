@@ -3,8 +3,10 @@
 Heavy work happens here, never at import: `lifespan` makes the cache and the state at once (so
 /health answers), then loads the engine in the background (`load`), so /ready and every
 prediction answer 503 until the model, its tables and the FAISS index are ready. With
-IMF_ALLOW_NEW_ENTITIES it opens the entity store, serves what it holds, keeps it in sync
-(`entity_sync_loop`) and loads the text encoder before the first request needs it.
+IMF_ALLOW_NEW_ENTITIES it opens the entity store (checking that a Redis store keeps what it
+acknowledges: one that may evict or does not persist refuses additions, see `open_entities`),
+serves what it holds, keeps it in sync (`entity_sync_loop`) and loads the text encoder before
+the first request needs it.
 """
 
 from __future__ import annotations
@@ -55,10 +57,17 @@ def make_cache(settings: Settings, metrics: Metrics) -> Cache:
 
 
 def make_store(settings: Settings, predictor: Predictor) -> EntityStore:
-    """Where added entities live: Redis (shared by the replicas) or a file in IMF_STATE_DIR."""
-    if settings.redis_url:
-        return RedisStore(settings.redis_url, predictor.bundle.fingerprint, settings.redis_timeout_s)
-    return FileStore(settings.state_dir, predictor.bundle.fingerprint)
+    """Where added entities live: the durable Redis of IMF_STORE_REDIS_URL, else the Redis of
+    IMF_REDIS_URL (which must then be configured to persist and never evict: checked by
+    `RedisStore.open`), both shared by the replicas; else a file in IMF_STATE_DIR."""
+    fingerprint, cap = predictor.bundle.fingerprint, settings.max_new_entities
+    url = settings.store_redis_url or settings.redis_url
+    if url:
+        log.info("entity store: redis at %s%s", redacted(url), "" if settings.store_redis_url else " (the cache's: IMF_STORE_REDIS_URL unset)")
+        return RedisStore(url, fingerprint, settings.redis_timeout_s, max_entities=cap)
+    log.info("entity store: %s", settings.state_dir)
+    # The lock is waited for at most as long as a request waits for its model job.
+    return FileStore(settings.state_dir, fingerprint, max_entities=cap, lock_timeout_s=settings.request_timeout_s)
 
 
 async def sync_entities(state: AppState, p: Predictor) -> None:
@@ -97,14 +106,21 @@ async def warm_encoder(settings: Settings) -> None:
 
 async def open_entities(state: AppState, p: Predictor, tasks: list[asyncio.Task]) -> None:
     """The entity store, what it holds served, and its sync loop (added to `tasks`, which
-    shut-down cancels)."""
+    shut-down cancels).
+
+    A Redis store that may evict (an allkeys-* policy) or does not persist (appendonly no) is
+    not refused at start: the replica serves the bundle and what the store holds, and POST
+    /entities answers 501 with the fix (the error is logged here too). Refusing to start
+    would take predictions down for a problem of one optional endpoint; accepting additions
+    would acknowledge entities that a restart or a full memory silently deletes."""
     settings = state.settings
     if p.bundle.feature_map is None:
         log.warning("IMF_ALLOW_NEW_ENTITIES is set but %s has no feature map (imf bundle extras): POST /entities answers 501", settings.bundle)
     state.store = make_store(settings, p)
     try:
+        await state.store.open()
         await sync_entities(state, p)
-    except Exception as exc:  # Redis down at start: serve the bundle, retry in the sync loop
+    except Exception as exc:  # Redis down at start: serve the bundle, retry in the sync loop (the check: on the first POST)
         log.error("added entities not loaded yet (%s); retrying every %gs", exc, settings.entity_sync_s)
     tasks.append(state.spawn(entity_sync_loop(state, p)))
     if p.bundle.feature_map is not None:

@@ -95,8 +95,10 @@ def extras_bundle(slice_bundle: Path, fb15k_slice: Path, tmp_path_factory: pytes
 @pytest.fixture()
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own on a free loopback port (skipped where the binary is
-    missing, a failure under CI), stopped afterwards."""
-    server = RedisServer(tmp_path)
+    missing, a failure under CI), stopped afterwards. Durable (an append-only file in tmp_path):
+    the service refuses a Redis that may lose entities as its entity store, and
+    tests/test_new_entities.py uses this one as the store of two replicas."""
+    server = RedisServer(tmp_path, durable=True)
     server.start()
     try:
         yield server

@@ -108,12 +108,16 @@ class RedisProcess:
     """redis-server on a free loopback port, no persistence; kill() and start() at will (the
     port stays the same, so clients reconnect to the restarted server)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, durable: bool = False) -> None:
+        """durable: append every write to a file in `workdir` (what the service requires of the
+        Redis that stores added entities), and keep it across kill() and start(); else a cache:
+        no persistence at all."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not installed (apt-get install redis-server)")
         self.binary, self.workdir, self.port = binary, workdir, port or free_port()
         self.proc: subprocess.Popen | None = None
+        self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--save", "", "--appendonly", "no"]
 
     @property
     def url(self) -> str:
@@ -122,7 +126,7 @@ class RedisProcess:
     def start(self) -> None:
         """Start the server and wait (up to 10 s) until it answers PING."""
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", *self.persistence, "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -146,7 +150,7 @@ class RedisServer(RedisProcess):
     """RedisProcess for the tests: skipped when the redis-server binary is missing, and a
     failure instead under CI (.ci/run and scripts/test.sh install it)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
         if shutil.which("redis-server") is None:
             import pytest
 
@@ -154,7 +158,7 @@ class RedisServer(RedisProcess):
             if os.environ.get("CI"):
                 pytest.fail(message)
             pytest.skip(message)
-        super().__init__(workdir)
+        super().__init__(workdir, durable=durable)
 
     def stop(self) -> None:
         self.kill()

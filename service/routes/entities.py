@@ -1,6 +1,7 @@
 """Entities and relations: GET /entities (search by name or id), GET /relations, and
 POST /entities (a new entity from its name, description and numbers, without retraining;
-safe to retry with the same id)."""
+safe to retry with the same id; at most IMF_MAX_NEW_ENTITIES, then 409; 501 when the entity
+store cannot keep what it acknowledges)."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ async def entities(state: StateDep, p: PredictorDep, q: Annotated[str, Query(min
 
 @asynccontextmanager
 async def store_errors(what: str) -> AsyncIterator[None]:
-    """Entity-store failures (a full disk, Redis down or slow) become 503 with nothing added;
-    the server log keeps the cause."""
+    """Entity-store failures (a full disk, Redis down or slow, the file store's lock held too
+    long) become 503 with nothing added; the server log keeps the cause. The store's own
+    ServiceErrors (full: 409, not durable: 501) pass through."""
     try:
         yield
     except (OSError, ConnectionError, TimeoutError) as exc:  # redis errors subclass ConnectionError / TimeoutError
@@ -73,7 +75,8 @@ async def replayed(state: AppState, store: EntityStore, p: Predictor, body: NewE
 @router.post(
     "/entities", response_model=NewEntityResponse, status_code=201,
     responses={**ERRORS, 200: {"model": NewEntityResponse, "description": "this id was already added with the same name, description and numbers (a retried request): that entity, nothing new stored"},
-               403: {"model": ErrorResponse}, 501: {"model": ErrorResponse}},
+               403: {"model": ErrorResponse}, 409: {"model": ErrorResponse, "description": "IMF_MAX_NEW_ENTITIES entities were added already: nothing added"},
+               501: {"model": ErrorResponse}},
     summary="Add an entity from its name, description and numbers (no retraining); usable at once as a query and an answer",
 )
 async def add_entity(body: NewEntityRequest, state: StateDep, p: PredictorDep, response: Response) -> dict:
@@ -84,6 +87,8 @@ async def add_entity(body: NewEntityRequest, state: StateDep, p: PredictorDep, r
     if body.id is not None and p.names.is_known_id(body.id) and (again := await replayed(state, store, p, body)) is not None:
         response.status_code = 200
         return again
+    async with store_errors("written"):
+        await store.ensure_writable()  # full (409) or not durable (501): say so before the slow encoding
     try:
         record = await state.run(p.added.encode_new_entity, body.name, body.description, body.numeric, body.id)
     except ImportError as exc:

@@ -17,6 +17,12 @@
 # base plus that venv and the shipped model in /models/default, run as an unprivileged user.
 # No compiler, no pip cache, no wheels/ or data/ in the final image.
 
+# The base image of both stages. A floating tag by default (the build machines of this project
+# reach no registry and build from local stand-ins of the same name, so no digest could be
+# verified here); pin it by digest for reproducible, tamper-evident builds:
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest> .
+# or IMF_PYTHON_IMAGE in compose's .env. How to find and update the digest: docs/deployment.md
+# section 7 (`docker buildx imagetools inspect python:3.11-slim`).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ----------------------------------------------------------------------------- build

@@ -15,10 +15,28 @@ docs/benchmarks.md).
 
 Index types: "flat" (exact inner-product search), "ivf" (IVF-Flat), "ivfpq" (IVF-PQ codes
 re-ranked exactly by IndexRefineFlat, for millions), "hnsw"; and "exact", no index at all, which
-`auto` picks for small graphs (see `resolve_kind`). A built index is saved beside the bundle with
-the model fingerprint it was built from and the sha256 of the index file, and only reused when
-the fingerprint matches and the file passes its checksum (a tampered or truncated index is
-refused before FAISS parses it, and rebuilt).
+`auto` picks for small graphs (see `resolve_kind`). A built index is saved beside the bundle
+(index/<kind>.faiss) with a sidecar (index/<kind>.json): the model fingerprint it was built from,
+its shape, the sha256 of the index file and a MAC; it is reused only when all of them check out,
+else rebuilt.
+
+Why a MAC, and keyed by what. faiss.read_index is a C++ parser: bytes that reach it must be
+bytes this service wrote. A sha256 in the sidecar only catches damage: whoever can write the
+index folder (the service writes it at run time, IMF_SAVE_INDEX, so it is the one writable part
+of an otherwise read-only, verified bundle; or a bundle arrives with an index/ folder from
+elsewhere) writes the sidecar too, with the right checksum and the model fingerprint, which is
+public (it is in the manifest). Nothing derived from the bundle alone can tell the two apart:
+whoever can read the bundle can derive it too. So the sidecar carries an HMAC-SHA256 of the
+sidecar's other fields and the index bytes, keyed by a secret of this installation:
+`$XDG_STATE_HOME/imf/index.key` (default ~/.local/state/imf/index.key, outside every bundle),
+32 random bytes created on the first save, mode 0600 in a 0700 folder, and used only while it is
+owned by this user and neither it nor its folder is open to others. The fields it covers tie the
+index to the verified weights (model_fingerprint) and to its shape. An index written by another
+installation (another key, or none) is refused and rebuilt once here; an index whose key cannot
+be kept (a read-only home, as in the compose stack) is not saved, like one on a read-only bundle.
+The file is read into memory once, checked, and parsed from those same bytes
+(faiss.deserialize_index), so it cannot change between the check and the parse (at the price of
+a transient second copy of the index in memory while it loads).
 
 Inner product to L2. The clustering (IVF) and graph (HNSW) indexes search badly with the
 inner-product metric on vectors of unequal norms: a cell's centroid is a poor proxy for the inner
@@ -37,17 +55,20 @@ way.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import math
 import os
+import secrets
+import stat
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from model.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +79,63 @@ EXACT = "exact"  # no index: the full model scores every entity (exact by constr
 DEFAULT_CANDIDATES = 200  # K': candidates retrieved, then rescored exactly
 DEFAULT_NPROBE = 128  # IVF lists visited per search
 DEFAULT_REFINE_FACTOR = 32  # IVF-PQ: codes re-ranked exactly, as a multiple of the search depth
+# The MAC's domain (changing it invalidates every saved index, which is then rebuilt) and key.
+MAC_CONTEXT = b"imf-faiss-index-v1\0"
+KEY_BYTES = 32
+
+
+def key_path() -> Path:
+    """Where this installation's index key lives: $XDG_STATE_HOME/imf/index.key, by default
+    ~/.local/state/imf/index.key; never inside a bundle (see the module doc)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "imf" / "index.key"
+
+
+def _private(path: Path, st: os.stat_result, *, secret: bool) -> str | None:
+    """Why `path` cannot be trusted as this user's own (None when it can): owned by another user,
+    or open to others (a secret must not be readable, nor anything replaceable by them)."""
+    if st.st_uid != os.geteuid():
+        return f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}"
+    if st.st_mode & (0o077 if secret else 0o022):
+        return f"{path} has mode {stat.S_IMODE(st.st_mode):o}: open to others"
+    return None
+
+
+def installation_key(*, create: bool) -> tuple[bytes | None, str]:
+    """(key, "") for this installation's index key, created first when `create`; (None, why)
+    when there is none that can be trusted."""
+    path = key_path()
+    try:
+        if create and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it first: use theirs
+                pass
+            else:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(secrets.token_bytes(KEY_BYTES))
+                    f.flush()
+                    os.fsync(f.fileno())
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            why = _private(path.parent, os.stat(path.parent), secret=False) or _private(path, os.fstat(f.fileno()), secret=True)
+            key = f.read(KEY_BYTES + 1)
+    except OSError as exc:
+        return None, f"no index key at {path} ({exc})"
+    if why:
+        return None, why
+    if len(key) != KEY_BYTES:
+        return None, f"{path} is not a {KEY_BYTES}-byte key"
+    return key, ""
+
+
+def _mac(key: bytes, meta: dict, data: bytes) -> str:
+    """HMAC-SHA256 of the sidecar's fields (all but the MAC itself) and the index bytes."""
+    fields = json.dumps({k: v for k, v in meta.items() if k != "mac"}, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, MAC_CONTEXT + fields + b"\0" + data, hashlib.sha256).hexdigest()
+
+
 # Largest graph for which one exhaustive scoring pass per query is affordable on a CPU: `auto`
 # scores every entity exactly below it (no index), and the retrieval path computes exact softmax
 # normalisers up to it (above, the candidates' own sum stands in).
@@ -204,24 +282,32 @@ class CandidateIndex:
         return cls(index, kind, nprobe=nprobe, refine_factor=refine_factor, max_norm_sq=max_norm_sq)
 
     def save(self, folder: Path, fingerprint: str) -> None:
-        """Write index + metadata atomically under folder/ (names include the kind)."""
+        """Write index + sidecar atomically under folder/ (names include the kind).
+
+        OSError when it cannot be written, or when there is no installation key to authenticate
+        it with (an index nobody can verify is not worth writing)."""
+        key, why = installation_key(create=True)
+        if key is None:
+            raise OSError(why)
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{self.kind}.faiss"
-        tmp = folder / f".{self.kind}.faiss.tmp-{os.getpid()}"
-        faiss.write_index(self.index, str(tmp))
-        meta_tmp = folder / f".{self.kind}.json.tmp-{os.getpid()}"
+        data = faiss.serialize_index(self.index).tobytes()
         meta = {
             "model_fingerprint": fingerprint,
-            "sha256": sha256_file(tmp),  # checked before faiss.read_index ever sees the file
+            "sha256": hashlib.sha256(data).hexdigest(),  # damage, told apart from forgery in the log
             "kind": self.kind,
             "factory": factory_string(self.kind, self.ntotal, int(self.index.d)),
             "ntotal": self.ntotal,
             "dim": int(self.index.d),
             "max_norm_sq": self.max_norm_sq,
         }
+        meta["mac"] = _mac(key, meta, data)  # checked before FAISS ever parses the file
+        tmp = folder / f".{self.kind}.faiss.tmp-{os.getpid()}"
+        meta_tmp = folder / f".{self.kind}.json.tmp-{os.getpid()}"
+        tmp.write_bytes(data)
         meta_tmp.write_text(json.dumps(meta))
-        os.replace(tmp, target)
+        os.replace(tmp, target := folder / f"{self.kind}.faiss")
         os.replace(meta_tmp, folder / f"{self.kind}.json")
+        log.debug("saved %s", target)
 
     @classmethod
     def load(cls, folder: Path, kind: str, fingerprint: str, dim: int, ntotal: int, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR) -> CandidateIndex | None:
@@ -240,21 +326,29 @@ class CandidateIndex:
         if not same:
             log.info("saved %s index belongs to another model or an older format; rebuilding", kind)
             return None
-        digest = meta.get("sha256")
-        if not isinstance(digest, str):
-            log.info("saved %s index has no checksum (older format); rebuilding", kind)
+        digest, mac = meta.get("sha256"), meta.get("mac")
+        if not isinstance(digest, str) or not isinstance(mac, str):
+            log.info("saved %s index has no checksum or MAC (older format); rebuilding", kind)
             return None
         try:
-            actual = sha256_file(index_path)
+            data = index_path.read_bytes()  # read once: the bytes checked are the bytes parsed
         except OSError as exc:
             log.warning("cannot read %s (%s); rebuilding the index", index_path, exc)
             return None
-        if actual != digest:
-            # Never hand an unverified file to faiss.read_index (a C++ parser).
+        if hashlib.sha256(data).hexdigest() != digest:
             log.warning("%s: checksum mismatch (tampered or truncated); refusing it and rebuilding the index", index_path)
             return None
+        key, why = installation_key(create=False)
+        if key is None:
+            log.warning("%s cannot be authenticated (%s); refusing it and rebuilding the index", index_path, why)
+            return None
+        if not hmac.compare_digest(_mac(key, meta, data), mac):
+            # Written under another key (another installation) or forged: never hand it to
+            # FAISS's C++ parser.
+            log.warning("%s: not written by this installation (MAC mismatch); refusing it and rebuilding the index", index_path)
+            return None
         try:
-            index = faiss.read_index(str(index_path))
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
             log.warning("ignoring unreadable %s: %s", index_path, exc)
             return None

@@ -1,6 +1,7 @@
 """The container image and the compose stack, for real: builds the Dockerfile and brings
-docker-compose.yml (the API and Redis) up with podman through ../shared/containers/compose.sh,
-with the `slice_bundle` model mounted read-only, then speaks HTTP to it.
+docker-compose.yml (the nginx proxy, the API and Redis) up with podman through
+../shared/containers/compose.sh, with the `slice_bundle` model mounted read-only, then speaks
+HTTP to it through the proxy, the stack's one published port.
 
 Opt-in, because it needs podman and takes minutes: IMF_CONTAINER_TESTS=1 runs it (after
 `eval "$(bash ../shared/containers/prepare.sh)"` succeeded); unset, it is skipped;
@@ -17,6 +18,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -294,3 +296,41 @@ def test_second_replica_shares_the_redis_cache(stack: Stack, query: dict) -> Non
         assert res.json()["query"]["head"]["name"] == "Ada Lovelace"
     finally:
         stack.run("podman", "rm", "-f", "-t", "1", name, check=False)
+
+
+def test_proxy_is_the_only_entry_and_closes_slow_clients(stack: Stack) -> None:
+    """Only the proxy is published (on 127.0.0.1); it closes a client that dribbles its request
+    head (one header line a second) after client_header_timeout (10 s in deploy/nginx.conf),
+    where uvicorn alone kept such connections open for ever; both containers run with nofile
+    raised (compose `ulimits`), and `imf serve` raised its own soft limit to match."""
+    api, proxy = stack.container("api"), stack.container("proxy")
+    assert stack.run("podman", "port", api, check=False).stdout.strip() == ""
+    published = stack.run("podman", "port", proxy).stdout
+    assert "127.0.0.1:" in published and "0.0.0.0" not in published, published
+    limits = stack.run("podman", "exec", api, "cat", "/proc/1/limits").stdout
+    open_files = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()
+    assert int(open_files[3]) >= 1024 + 256 and int(open_files[4]) >= 16384, limits
+
+    port = int(stack.base_url.rsplit(":", 1)[1])
+    t0 = time.monotonic()
+    closed_after = None
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        s.settimeout(1.0)
+        while time.monotonic() - t0 < 30:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+                s.recv(4096)  # b"" (closed) or an error answer (408): the head was cut off either way
+                closed_after = time.monotonic() - t0
+                break
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                closed_after = time.monotonic() - t0
+                break
+    stack.report["slow_header_closed_after_s"] = None if closed_after is None else round(closed_after, 1)
+    assert closed_after is not None, "the proxy kept a slow-header connection open for 30 s"
+    assert 8 <= closed_after <= 20, closed_after
+    # and a normal client still gets through
+    with httpx.Client(base_url=stack.base_url, timeout=10) as http:
+        assert http.get("/health").json() == {"status": "ok"}

@@ -104,40 +104,50 @@ def wait_ready(
             client.close()  # type: ignore[union-attr]
 
 
-class RedisProcess:
-    """redis-server on a free loopback port, no persistence; kill() and start() at will (the
-    port stays the same, so clients reconnect to the restarted server)."""
+# redis-server options: a cache (nothing persisted), and a store as the service requires of the
+# Redis that keeps added entities (every write appended and fsynced, nothing evicted).
+CACHE_OPTIONS = ["--save", "", "--appendonly", "no"]
+STORE_OPTIONS = ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction"]
 
-    def __init__(self, workdir: Path, port: int | None = None, *, durable: bool = False) -> None:
-        """durable: append every write to a file in `workdir` (what the service requires of the
-        Redis that stores added entities), and keep it across kill() and start(); else a cache:
-        no persistence at all."""
+
+class RedisProcess:
+    """redis-server on a free loopback port; kill() and start() at will (the port and the
+    options stay the same, so clients reconnect, and a durable server replays its file)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, *, durable: bool = False, options: list[str] | None = None) -> None:
+        """durable: STORE_OPTIONS (an append-only file in `workdir`), else CACHE_OPTIONS;
+        options: any other redis-server options instead (e.g. an eviction policy)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not installed (apt-get install redis-server)")
         self.binary, self.workdir, self.port = binary, workdir, port or free_port()
         self.proc: subprocess.Popen | None = None
-        self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--save", "", "--appendonly", "no"]
+        self.options = options if options is not None else (STORE_OPTIONS if durable else CACHE_OPTIONS)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start the server and wait (up to 10 s) until it answers PING."""
+        """Start the server and wait (up to 30 s: a durable one replays its file first) until it
+        answers PONG."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", *self.persistence, "--dir", str(self.workdir)],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server {' '.join(self.options)} exited with {self.proc.returncode}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(64).startswith(b"+PONG"):
                         return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 
     def kill(self) -> None:
@@ -150,7 +160,7 @@ class RedisServer(RedisProcess):
     """RedisProcess for the tests: skipped when the redis-server binary is missing, and a
     failure instead under CI (.ci/run and scripts/test.sh install it)."""
 
-    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False, options: list[str] | None = None) -> None:
         if shutil.which("redis-server") is None:
             import pytest
 
@@ -158,7 +168,7 @@ class RedisServer(RedisProcess):
             if os.environ.get("CI"):
                 pytest.fail(message)
             pytest.skip(message)
-        super().__init__(workdir, durable=durable)
+        super().__init__(workdir, durable=durable, options=options)
 
     def stop(self) -> None:
         self.kill()

@@ -18,8 +18,6 @@ import base64
 import fcntl
 import json
 import os
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,52 +29,25 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.helpers import RedisServer, wait_ready
+from tests.helpers import CACHE_OPTIONS, STORE_OPTIONS, RedisServer, wait_ready
 
 ALPHA = {"id": "x/1", "name": "Alpha", "description": "the first letter"}
 BETA = {"id": "x/1", "name": "Beta", "description": "the second letter"}
 
 
-class ConfiguredRedis(RedisServer):
-    """A redis-server of the test's own started with these extra arguments (persistence,
-    eviction policy, a disabled command), restartable on the same port and folder."""
-
-    def __init__(self, workdir: Path, *args: str) -> None:
-        super().__init__(workdir)
-        self.args = args
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.workdir), *self.args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    reply = s.recv(64)
-                    if reply.startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-
-DURABLE = ("--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction")
-LRU_CACHE = ("--appendonly", "no", "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru")  # the compose cache's flags
+DURABLE = tuple(STORE_OPTIONS)
+LRU_CACHE = (*CACHE_OPTIONS, "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru")  # the compose cache's flags
 
 
 @pytest.fixture()
-def make_redis(tmp_path: Path) -> Iterator[Callable[..., ConfiguredRedis]]:
+def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start redis-servers with the given arguments, each in a folder of its own; all stopped after."""
-    started: list[ConfiguredRedis] = []
+    started: list[RedisServer] = []
 
-    def make(*args: str) -> ConfiguredRedis:
+    def make(*args: str) -> RedisServer:
         folder = tmp_path / f"redis{len(started)}"
         folder.mkdir()
-        server = ConfiguredRedis(folder, *args)
+        server = RedisServer(folder, options=list(args))
         server.start()
         started.append(server)
         return server
@@ -105,7 +76,7 @@ def _until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 @pytest.mark.redis
-def test_lru_redis_without_persistence_is_refused_as_the_entity_store(extras_bundle: Path, tmp_path: Path, make_redis: Callable[..., ConfiguredRedis]) -> None:
+def test_lru_redis_without_persistence_is_refused_as_the_entity_store(extras_bundle: Path, tmp_path: Path, make_redis: Callable[..., RedisServer]) -> None:
     lru = make_redis(*LRU_CACHE)
     with TestClient(create_app(_settings(extras_bundle, tmp_path / "state", redis_url=lru.url))) as c:
         wait_ready(c)
@@ -119,7 +90,7 @@ def test_lru_redis_without_persistence_is_refused_as_the_entity_store(extras_bun
 
 
 @pytest.mark.redis
-def test_store_redis_url_keeps_entities_apart_from_the_cache_and_they_survive_restarts(extras_bundle: Path, tmp_path: Path, make_redis: Callable[..., ConfiguredRedis]) -> None:
+def test_store_redis_url_keeps_entities_apart_from_the_cache_and_they_survive_restarts(extras_bundle: Path, tmp_path: Path, make_redis: Callable[..., RedisServer]) -> None:
     """Compose's layout: the LRU cache and a durable store. A 201-acknowledged entity is in the
     store (not the cache), and is served again after both Redis servers restart (kill -9)."""
     cache, store = make_redis(*LRU_CACHE), make_redis(*DURABLE)
@@ -140,7 +111,7 @@ def test_store_redis_url_keeps_entities_apart_from_the_cache_and_they_survive_re
 
 
 @pytest.mark.redis
-def test_managed_redis_without_config_is_used_with_a_warning(extras_bundle: Path, tmp_path: Path, make_redis: Callable[..., ConfiguredRedis], caplog: pytest.LogCaptureFixture) -> None:
+def test_managed_redis_without_config_is_used_with_a_warning(extras_bundle: Path, tmp_path: Path, make_redis: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture) -> None:
     """A managed Redis that disables CONFIG cannot be checked: the service warns and proceeds."""
     managed = make_redis(*DURABLE, "--rename-command", "CONFIG", "")
     with caplog.at_level("WARNING"), TestClient(create_app(_settings(extras_bundle, tmp_path / "state", store_redis_url=managed.url))) as c:
@@ -171,7 +142,7 @@ def test_generation_changes_when_content_changes_under_the_same_id(extras_bundle
 
 
 @pytest.mark.redis
-def test_replica_serving_a_stale_record_serves_the_stores_version(extras_bundle: Path, tmp_path: Path, make_redis: Callable[..., ConfiguredRedis]) -> None:
+def test_replica_serving_a_stale_record_serves_the_stores_version(extras_bundle: Path, tmp_path: Path, make_redis: Callable[..., RedisServer]) -> None:
     """The store was reset (FLUSHALL stands for a lost store) and x/1 reused: the old replica
     answers the POST with the store's entity and picks up another replica's record by sync, and
     the other replica never gets the old replica's cached answer (the shared cache's keys carry
@@ -198,7 +169,7 @@ def test_replica_serving_a_stale_record_serves_the_stores_version(extras_bundle:
 
 
 @pytest.mark.redis
-def test_store_version_never_repeats_after_a_reset(make_redis: Callable[..., ConfiguredRedis]) -> None:
+def test_store_version_never_repeats_after_a_reset(make_redis: Callable[..., RedisServer]) -> None:
     from service.entities import RedisStore
 
     server = make_redis(*DURABLE)

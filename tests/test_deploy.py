@@ -13,10 +13,7 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +24,8 @@ import numpy as np
 import pytest
 import yaml
 
+from bench.campaign import ServerProcess
 from service.index import CandidateIndex
-from tests.helpers import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
@@ -122,25 +119,12 @@ def test_serve_bounds_connections_and_request_heads(slice_bundle: Path, monkeypa
 def bounded_server(slice_bundle: Path) -> Iterator[tuple[str, int]]:
     """The real server with small bounds: 1 s for a request head or an idle connection, and at
     most 8 connections."""
-    port = free_port()
-    env = {
-        **os.environ, "IMF_HOST": "127.0.0.1", "IMF_PORT": str(port), "IMF_SAVE_INDEX": "false", "PYTHONUNBUFFERED": "1",
-        "IMF_KEEPALIVE_S": "1", "IMF_MAX_CONNECTIONS": "8",
-    }
-    env.pop("IMF_REDIS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "service", str(slice_bundle)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = ServerProcess(slice_bundle, {"IMF_SAVE_INDEX": "false", "IMF_KEEPALIVE_S": "1", "IMF_MAX_CONNECTIONS": "8", "IMF_REDIS_URL": ""})
+    server.start()
     try:
-        wait_ready(f"http://127.0.0.1:{port}", 120, proc=proc)
-        yield f"http://127.0.0.1:{port}", port
+        yield server.base, server.port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
+        server.stop()
 
 
 def _closed_within(sock: socket.socket, seconds: float, trickle: bytes | None = None) -> bool:

@@ -57,6 +57,20 @@ def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         s.stop()
 
 
+@pytest.fixture()
+def fsync_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths os.fsync is called on from now on (the calls still happen)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
 def _settings(bundle: Path, state: Path, **kw: object) -> Settings:
     """Settings for an app adding entities; `state`: its IMF_STATE_DIR (used by the file store
     only, but always the test's own, never the working directory)."""
@@ -207,17 +221,10 @@ def test_cap_on_added_entities_answers_409(extras_bundle: Path, tmp_path: Path, 
         assert c.get("/info").json()["new_entities"]["added"] == 2
 
 
-def test_file_store_appends_fsynced_lines_and_skips_a_torn_last_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_store_appends_fsynced_lines_and_skips_a_torn_last_line(tmp_path: Path, fsync_calls: list[str]) -> None:
     from service.entities import FileStore
 
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = fsync_calls
     store = FileStore(tmp_path, "f" * 64)
 
     async def go() -> None:
@@ -300,17 +307,10 @@ def test_post_answers_503_when_the_file_store_lock_is_held(extras_bundle: Path, 
 # ----------------------------------------------------------------------------- item 8: fsync, stale temporaries
 
 
-def test_atomic_write_fsyncs_each_file_and_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_fsyncs_each_file_and_the_folder(tmp_path: Path, fsync_calls: list[str]) -> None:
     from model.files import atomic_write
 
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = fsync_calls
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     atomic_write((a, lambda t: t.write_text("A")), (b, lambda t: t.write_text("B")))
     assert a.read_text() == "A" and b.read_text() == "B"

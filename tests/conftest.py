@@ -13,11 +13,15 @@ The full run, what CI runs, is `bash scripts/test.sh` (every test, slow ones inc
 from __future__ import annotations
 
 import os
+import tempfile
 
 # FastAPI's TestClient speaks to the app as Host "testserver": the service accepts only the Host
 # names in IMF_TRUSTED_HOSTS (a DNS-rebinding guard), so every Settings the tests build accepts
 # it too, unless a test sets trusted_hosts itself (tests/test_hardening.py does).
 os.environ.setdefault("IMF_TRUSTED_HOSTS", "testserver,localhost,127.0.0.1,::1,[::1]")
+# The key that authenticates saved FAISS indexes (service.index) lives under XDG_STATE_HOME:
+# the tests, and the servers they start, use a throwaway one, never the tester's own.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="imf-test-state-")
 
 from collections.abc import Iterator
 from pathlib import Path

@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,3 +35,14 @@ def test_compose_passes_every_setting_to_the_api() -> None:
     named = set(re.findall(r"^      (IMF_[A-Z_]+):", environment, flags=re.M))
     assert named == VARIABLES, f"missing: {sorted(VARIABLES - named)}, unknown: {sorted(named - VARIABLES)}"
 
+
+
+def test_keyless_entity_adding_on_a_public_address_needs_an_explicit_yes(tmp_path: Path) -> None:
+    """Anyone who reaches the port could add entities: refused at start unless a key is set, the
+    address is loopback, or IMF_ALLOW_KEYLESS_ENTITIES says so."""
+    common = {"allow_new_entities": True, "state_dir": tmp_path / "state"}
+    with pytest.raises(ValidationError, match="IMF_ALLOW_KEYLESS_ENTITIES"):
+        Settings(host="0.0.0.0", **common)
+    assert Settings(host="0.0.0.0", api_key="k", **common).allow_new_entities
+    assert Settings(host="127.0.0.1", **common).allow_new_entities
+    assert Settings(host="0.0.0.0", allow_keyless_entities=True, **common).allow_new_entities

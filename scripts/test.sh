@@ -7,7 +7,7 @@
 # Day to day, once .venv exists, leave out the tests marked slow (the shipped model's full-split
 # evaluation, the load campaign, real server processes, the browser, the containers):
 #
-#   .venv/bin/python -m pytest -m "not slow"      # about a minute on 2 cores
+#   .venv/bin/python -m pytest -m "not slow"      # about 80 s on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test

@@ -5,12 +5,13 @@ assets, nothing from a CDN; the schema itself is /openapi.json)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import swagger_ui_bundle
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from model import __version__
@@ -49,9 +50,18 @@ async def ready(state: StateDep) -> JSONResponse:
 
 
 @public.get("/", include_in_schema=False)
-async def explorer() -> FileResponse:
-    """The explorer page (service/static/explorer.html): no build step, nothing from a CDN."""
-    return FileResponse(STATIC / "explorer.html", media_type="text/html")
+async def explorer() -> HTMLResponse:
+    """The explorer page (service/static/explorer.html): no build step, nothing from a CDN.
+
+    Answered from memory in one message, not streamed from the file by a worker thread: a
+    streamed file response behind the request-metrics middleware was once cut short on CI
+    ("Response content shorter than Content-Length") and the page never came up."""
+    return HTMLResponse(explorer_page())
+
+
+@functools.cache
+def explorer_page() -> bytes:
+    return (STATIC / "explorer.html").read_bytes()
 
 
 @router.get("/info", summary="The served model: fingerprint, dataset, branches, metrics")

@@ -81,7 +81,7 @@ def one_run(graph: str, dataset: str, name: str, settings: dict[str, object], bu
         "valid_mrr": m["metrics"]["valid"]["mrr"], "test_mrr": m["metrics"]["test"]["mrr"],
         "epochs_run": tr["epochs_run"], "best_epoch": tr["best_epoch"], "stopped_by": tr["stopped_by"],
         "wall_s": round(time.monotonic() - t0, 1), "bundle_mb": round(size / 1e6, 1),
-        "parameters": (m.get("model_config") or {}).get("num_parameters"), "command": " ".join(cmd[1:]),
+        "command": " ".join(cmd[1:]),
     }
     print(json.dumps({k: v for k, v in result.items() if k != "command"}), flush=True)
     return result

@@ -31,11 +31,19 @@ import torch
 from torch import Tensor
 
 from model.bundle.format import Bundle
+from model.errors import NameCandidate
 from model.features.text import encode_texts, entity_text
 from model.kg.names import close_matches
+from model.kg.vocab import name_key
 from service.errors import InvalidRequest, Unsupported
 
 log = logging.getLogger(__name__)
+
+NO_NUMERIC_STATISTICS = (
+    "this bundle takes no numeric attributes for new entities: its feature map has no numeric statistics. "
+    "To accept them, run `imf bundle extras BUNDLE --numeric-source FILE` (FILE: the entity<TAB>attribute<TAB>value "
+    "file the numeric features were built from) and restart the server"
+)
 
 
 @dataclass(frozen=True)
@@ -80,17 +88,39 @@ class AddedEntities:
         self.view = View(base_tables)
         self._add_lock = threading.Lock()  # one writer of the view at a time
         self._by_id: dict[str, int] = {}
-        self._by_name: dict[str, int] = {}
+        self._by_name: dict[str, list[int]] = {}  # name_key -> every added entity of that name, in order added
 
     @property
     def ids(self) -> tuple[str, ...]:
         return self.view.added_ids
 
     def lookup(self, key: str) -> int | None:
-        """The entity index of an added entity by id or exact (case-insensitive) name, None if
-        there is none (or its row is not in the current view yet)."""
-        hit = self._by_id.get(key, self._by_name.get(key.strip().lower()))
+        """The entity index of an added entity by id, or by an exact (case-insensitive) name
+        only one added entity has; None else (none, several, or its row not in the current view
+        yet). Resolving requests goes through lookup_id and named (service.names), which also
+        count the bundle's entities of that name."""
+        hit = self.lookup_id(key)
+        if hit is not None:
+            return hit
+        named = self.named(key)
+        return named[0] if len(named) == 1 else None
+
+    def lookup_id(self, key: str) -> int | None:
+        """The entity index of the added entity with this id, None if there is none (or its row
+        is not in the current view yet)."""
+        hit = self._by_id.get(key)
         return hit if hit is not None and hit < self.view.size else None
+
+    def named(self, name: str) -> list[int]:
+        """Every added entity whose name is exactly `name` (model.kg.vocab.name_key: case and
+        surrounding blanks ignored) and whose row is in the current view, in order added."""
+        size = self.view.size
+        return [e for e in self._by_name.get(name_key(name), ()) if e < size]
+
+    def candidates(self, indices: list[int]) -> list[NameCandidate]:
+        """Id, name and description of these added entities (what an ambiguous name lists)."""
+        v, base = self.view, self.num_base  # the view only grows: an index found earlier is in it
+        return [NameCandidate(v.added_ids[e - base], v.added_names[e - base], v.added_descriptions[e - base]) for e in indices]
 
     def has_id(self, key: str) -> bool:
         return key in self._by_id
@@ -117,9 +147,9 @@ class AddedEntities:
             raise ValueError(f"{len(ids)} added entities but {len(digests)} digests")
         generation = hashlib.sha256("\n".join(digests).encode()).hexdigest()[:12] if ids else "0"
         tables = {b: torch.cat([t, rows[b].to(t.dtype)]).contiguous() if len(ids) else t for b, t in self.base_tables.items()}
-        by_name: dict[str, int] = {}
+        by_name: dict[str, list[int]] = {}
         for i, n in enumerate(names):
-            by_name.setdefault(n.strip().lower(), self.num_base + i)
+            by_name.setdefault(name_key(n), []).append(self.num_base + i)
         # Lookups first, the view last: a lookup that finds a row the old view lacks is refused
         # by `lookup`'s bound check until the view is swapped in.
         self._by_id = {e: self.num_base + i for i, e in enumerate(ids)}
@@ -147,8 +177,12 @@ class AddedEntities:
             # An id already added is checked against the store by the caller (same_entity): a
             # retried request is answered with the entity it added, a different one is refused.
         if numeric:
-            if "numeric" not in self.model.modalities or not fmap.numeric_attributes:
-                raise InvalidRequest("this bundle takes no numeric attributes for new entities", field="numeric")
+            if "numeric" not in self.model.modalities:
+                raise InvalidRequest("this bundle takes no numeric attributes for new entities: its model was trained without numeric features (leave out `numeric`)", field="numeric")
+            if not fmap.numeric_attributes:
+                # The model has a numeric branch, but the feature map was fitted without the raw
+                # file: a new entity's values could not be normalised as the training ones were.
+                raise InvalidRequest(NO_NUMERIC_STATISTICS, field="numeric")
             allowed = set(fmap.numeric_attributes)
             for attr, value in numeric.items():
                 if attr not in allowed:

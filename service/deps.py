@@ -22,7 +22,7 @@ StateDep = Annotated[AppState, Depends(get_state)]
 def get_predictor(state: StateDep) -> Predictor:
     if state.predictor is None:
         # Terse on purpose: the exception text (paths, internals) goes to the log only.
-        raise NotReady("model failed to load; see the server log" if state.load_error else "model is loading")
+        raise NotReady("model failed to load; see the server log" if state.load_error else state.loading)
     return state.predictor
 
 

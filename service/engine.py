@@ -157,8 +157,11 @@ class Predictor:
             log.info("loaded saved %s index for model %s", kind, bundle.fingerprint[:12])
         bundle.known  # build the known-answer index now, not on the first request  # noqa: B018
         bundle.vocab.name_index  # and the name index (suggestions, /entities)  # noqa: B018
+        bundle.vocab.entities_named("")  # and the exact-name maps (every name a request gives)
         seconds = time.monotonic() - t0
-        log.info("ready: %d entities, branches %s, %s index, %.1fs", n, bundle.model.branches, kind, seconds)
+        # Not "ready": the service may still open the entity store and load the text encoder
+        # (service.lifespan logs "ready" when /ready answers 200).
+        log.info("engine loaded: %d entities, branches %s, %s index, %.1fs", n, bundle.model.branches, kind, seconds)
         return cls(bundle, index, tables, candidates=candidates, load_seconds=seconds)
 
     # ------------------------------------------------------------------ scoring

@@ -2,6 +2,7 @@
 
     ServiceError
       NotFound        404  unknown entity or relation (carries close-name suggestions)
+      Ambiguous       409  a name several entities (or relations) share (carries the candidates)
       InvalidRequest  422  a parameter out of range, a field naming the wrong thing
       NotReady        503  the model or index is still loading, or failed to load
       Overloaded      503  too much queued work, or a request waited past its time limit
@@ -10,8 +11,8 @@
       Unsupported     501  the bundle or the install lacks what a request needs (feature map, encoder)
       StoreUnavailable 503 the entity store (Redis) cannot be reached: nothing was added
 
-The engine raises these (or `model.errors.UnknownNameError`, which becomes NotFound) and never
-knows about HTTP status codes itself. What the middleware refuses before the app runs (401
+The engine raises these (or `model.errors.UnknownNameError`, which becomes NotFound, and
+`AmbiguousNameError`, which becomes Ambiguous) and never knows about HTTP status codes itself. What the middleware refuses before the app runs (401
 without the API key, 400 for an untrusted Host, 408 for a slow body, 413, 503 when saturated)
 it answers itself, with the same JSON body (service.middleware).
 """
@@ -24,6 +25,7 @@ class ServiceError(Exception):
     code = "internal_error"
 
     retry_after: int | None = None  # seconds, sent as Retry-After
+    candidates: list[dict[str, str]] | None = None  # what an ambiguous name may mean (Ambiguous)
 
     def __init__(self, message: str, *, field: str | None = None, suggestions: list[str] | None = None) -> None:
         super().__init__(message)
@@ -35,6 +37,19 @@ class ServiceError(Exception):
 class NotFound(ServiceError):
     status = 404
     code = "not_found"
+
+
+class Ambiguous(ServiceError):
+    """A name several entities (or relations) share: which one is meant is the client's to say,
+    by id. `candidates`: {"id", "name", "description"} of each (at most
+    model.errors.MAX_CANDIDATES, most connected first; the message counts them all)."""
+
+    status = 409
+    code = "ambiguous_name"
+
+    def __init__(self, message: str, *, field: str | None = None, candidates: list[dict[str, str]]) -> None:
+        super().__init__(message, field=field)
+        self.candidates = candidates
 
 
 class InvalidRequest(ServiceError):

@@ -1,6 +1,6 @@
 """Errors to HTTP, in one place: every error leaves as a JSON body
-`{"error": {"type", "message", "field"?, "suggestions"?, "details"?}}` with a status that fits
-(service.errors lists them), never a stack trace."""
+`{"error": {"type", "message", "field"?, "suggestions"?, "candidates"?, "details"?}}` with a
+status that fits (service.errors lists them), never a stack trace."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
-    return JSONResponse(error_body(exc.code, exc.message, field=exc.field, suggestions=exc.suggestions), status_code=exc.status, headers=headers)
+    body = error_body(exc.code, exc.message, field=exc.field, suggestions=exc.suggestions, candidates=exc.candidates)
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 MAX_ERROR_DETAILS = 10  # a 422 lists this many validation errors, and counts them all

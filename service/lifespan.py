@@ -6,7 +6,8 @@ prediction answer 503 until the model, its tables and the FAISS index are ready.
 IMF_ALLOW_NEW_ENTITIES it opens the entity store (checking that a Redis store keeps what it
 acknowledges: one that may evict or does not persist refuses additions, see `open_entities`),
 serves what it holds, keeps it in sync (`entity_sync_loop`) and loads the text encoder before
-the first request needs it.
+the first request needs it; /ready waits for all of it (its "error" says which step is under
+way), and "ready" is logged when /ready starts to answer 200.
 """
 
 from __future__ import annotations
@@ -93,15 +94,27 @@ async def entity_sync_loop(state: AppState, p: Predictor) -> None:
             log.warning("entity sync: %s", exc)
 
 
-async def warm_encoder(settings: Settings) -> None:
-    """Load the text encoder now, not inside the first POST /entities' time limit."""
+# pyproject.toml's `encoder` extra, as a user installs it (scripts/setup.sh takes extras too)
+ENCODER_EXTRA = "pip install 'imf-serve[encoder]' (from a checkout: bash scripts/setup.sh encoder)"
+
+
+async def warm_encoder(state: AppState) -> None:
+    """Load the text encoder now, not inside the first POST /entities' time limit; /ready
+    answers 503 ("text encoder is loading") meanwhile, since the replica cannot yet do all it
+    offers. Not installed: one line saying which extra to install, and new entities are off
+    (GET /info says so); failing otherwise: a warning, and POST /entities tries again."""
+    state.loading = "text encoder is loading"
+    log.info("loading the text encoder for new entities (POST /entities); /ready answers 503 until it is loaded")
+    t0 = time.monotonic()
     try:
         await anyio.to_thread.run_sync(encode_texts, ["warm-up"])
-        torch.set_num_threads(settings.torch_threads)  # the encoder set its own
-    except ImportError as exc:
-        log.warning("text encoder not installed (%s): POST /entities answers 501", exc)
+        torch.set_num_threads(state.settings.torch_threads)  # the encoder set its own
+        log.info("text encoder loaded in %.1f s", time.monotonic() - t0)
+    except ImportError as exc:  # the extra is missing: a fact of this install, not a bug (no traceback)
+        state.encoder_missing = True
+        log.warning("text encoder not installed (%s): new entities are disabled, POST /entities answers 501; to enable them: %s", exc, ENCODER_EXTRA)
     except Exception as exc:  # noqa: BLE001 - serving the bundle matters more
-        log.warning("text encoder failed to load (%s: %s): POST /entities will try again", type(exc).__name__, exc)
+        log.warning("text encoder failed to load after %.1f s (%s: %s): POST /entities will try again", time.monotonic() - t0, type(exc).__name__, exc)
 
 
 async def open_entities(state: AppState, p: Predictor, tasks: list[asyncio.Task]) -> None:
@@ -114,6 +127,7 @@ async def open_entities(state: AppState, p: Predictor, tasks: list[asyncio.Task]
     would take predictions down for a problem of one optional endpoint; accepting additions
     would acknowledge entities that a restart or a full memory silently deletes."""
     settings = state.settings
+    state.loading = "entity store is opening"
     if p.bundle.feature_map is None:
         log.warning("IMF_ALLOW_NEW_ENTITIES is set but %s has no feature map (imf bundle extras): POST /entities answers 501", settings.bundle)
     state.store = make_store(settings, p)
@@ -124,20 +138,34 @@ async def open_entities(state: AppState, p: Predictor, tasks: list[asyncio.Task]
         log.error("added entities not loaded yet (%s); retrying every %gs", exc, settings.entity_sync_s)
     tasks.append(state.spawn(entity_sync_loop(state, p)))
     if p.bundle.feature_map is not None:
-        await warm_encoder(settings)
+        await warm_encoder(state)
+
+
+def new_entities_note(state: AppState, p: Predictor) -> str:
+    """What the "ready" line says of new entities (nothing when they were not asked for)."""
+    if not state.settings.allow_new_entities:
+        return ""
+    if p.bundle.feature_map is None:
+        return "; new entities off (no feature map)"
+    return "; new entities off (no text encoder)" if state.encoder_missing else "; new entities on"
 
 
 async def load(state: AppState, loader: Loader, tasks: list[asyncio.Task]) -> None:
-    """Load the engine off the event loop and mark the app ready; a failure is kept for /ready
-    (which reports it tersely) and the log, and the process keeps answering."""
+    """Load the engine off the event loop (with IMF_ALLOW_NEW_ENTITIES also the entity store and
+    the text encoder: `open_entities`) and mark the app ready, logging "ready" at the moment
+    /ready starts to answer 200; a failure is kept for /ready (which reports it tersely) and the
+    log, and the process keeps answering."""
     settings = state.settings
     try:
+        state.loading = "model is loading"
         predictor = await anyio.to_thread.run_sync(loader, settings)
         if settings.allow_new_entities:
             await open_entities(state, predictor, tasks)
-        state.predictor = predictor
+        state.predictor = predictor  # from here /ready answers 200
+        seconds = time.monotonic() - state.started_at
         state.metrics.ready.set(1)
-        state.metrics.startup.set(time.monotonic() - state.started_at)
+        state.metrics.startup.set(seconds)
+        log.info("ready in %.1f s: model %s, %d entities%s", seconds, predictor.bundle.fingerprint[:12], predictor.num_entities, new_entities_note(state, predictor))
     except Exception as exc:  # keep serving /health and /ready, which report it
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("loading %s failed: %s", settings.bundle, state.load_error)

@@ -1,18 +1,26 @@
 """Name resolution for the engine: what a client writes (ids or exact names, of the bundle's
 entities or of added ones) -> a `Query`, and entity indices back to what the API shows.
 
-Unknown names become `NotFound` with close-name suggestions (model.kg.vocab); parameters out of
-range `InvalidRequest`, each naming its field.
+An id always resolves to its entity. A name resolves only when exactly one entity has it (the
+bundle's and the added ones counted together): a name several share becomes `Ambiguous` (409)
+with the candidates, so the client asks again by id; an unknown one `NotFound` with close-name
+suggestions (model.kg.vocab). Parameters out of range are `InvalidRequest`, each naming its
+field.
 """
 
 from __future__ import annotations
 
-from model.errors import UnknownNameError
+from model.errors import MAX_CANDIDATES, AmbiguousNameError, UnknownNameError
 from model.kg.triples import DIRECTIONS
 from model.kg.vocab import Vocabulary
 from service.added import AddedEntities
-from service.errors import InvalidRequest, NotFound
+from service.errors import Ambiguous, InvalidRequest, NotFound
 from service.query import Query
+
+
+def ambiguous(exc: AmbiguousNameError, field: str) -> Ambiguous:
+    """The HTTP form of an ambiguous name: 409 naming `field`, with the candidates."""
+    return Ambiguous(str(exc), field=field, candidates=[c.as_dict() for c in exc.candidates])
 
 
 class NameResolver:
@@ -24,7 +32,8 @@ class NameResolver:
         self.num_base = vocab.num_entities
 
     def resolve(self, head: str, relation: str, *, direction: str, k: int, filter_known: bool, max_k: int | None = None) -> Query:
-        """Ids or names -> a Query; NotFound (with suggestions) / InvalidRequest otherwise."""
+        """Ids or names -> a Query; NotFound (with suggestions) / Ambiguous (with candidates) /
+        InvalidRequest otherwise."""
         if direction not in DIRECTIONS:
             raise InvalidRequest(f"direction must be one of {list(DIRECTIONS)}", field="direction")
         if k < 1 or (max_k is not None and k > max_k):
@@ -34,17 +43,29 @@ class NameResolver:
             r = self.vocab.relation(relation)
         except UnknownNameError as exc:
             raise NotFound(str(exc), field="relation", suggestions=exc.suggestions) from exc
+        except AmbiguousNameError as exc:
+            raise ambiguous(exc, "relation") from exc
         return Query(entity=e, relation=r, direction=direction, k=k, filter_known=filter_known)
 
     def resolve_entity(self, key: str, *, field: str) -> int:
-        """An entity id or name -> index; NotFound naming `field`, with close names, else."""
-        try:
+        """An entity id, or a name exactly one entity (of the bundle or added) has -> index.
+
+        Ambiguous naming `field`, with every candidate (the bundle's most connected first, then
+        the added ones in order added), for a shared name; NotFound with close names for none."""
+        if self.vocab.has_entity_id(key):
             return self.vocab.entity(key)
-        except UnknownNameError as exc:
-            hit = self.added.lookup(key)
-            if hit is not None:
-                return hit
-            raise NotFound(str(exc), field=field, suggestions=exc.suggestions) from exc
+        hit = self.added.lookup_id(key)
+        if hit is not None:
+            return hit
+        base, added = self.vocab.entities_named(key), self.added.named(key)
+        if len(base) + len(added) == 1:
+            return (base or added)[0]
+        if base or added:
+            shown = base[:MAX_CANDIDATES]
+            candidates = self.vocab.entity_candidates(shown) + self.added.candidates(added[: MAX_CANDIDATES - len(shown)])
+            raise ambiguous(AmbiguousNameError("entity", key, candidates, total=len(base) + len(added)), field)
+        unknown = self.vocab.unknown_entity(key)
+        raise NotFound(str(unknown), field=field, suggestions=unknown.suggestions)
 
     def is_known_id(self, key: str) -> bool:
         """An entity id of the bundle or of an added entity."""

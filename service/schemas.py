@@ -127,11 +127,20 @@ class EntitiesResponse(BaseModel):
     entities: list[EntityHit]
 
 
+class Candidate(BaseModel):
+    """One entity (or relation) an ambiguous name may mean: ask again with its id."""
+
+    id: str
+    name: str
+    description: str = Field(description="the entity's description; empty where there is none")
+
+
 class ErrorDetail(BaseModel):
     type: str
     message: str
     field: str | None = None
     suggestions: list[str] | None = None
+    candidates: list[Candidate] | None = Field(None, description="409 ambiguous_name: every entity (at most 20, most connected first) the name may mean")
     details: list[dict] | None = Field(None, description="the first validation errors (at most 10)")
     errors: int | None = Field(None, description="how many validation errors there were in all")
 

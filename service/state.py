@@ -27,8 +27,10 @@ class AppState:
     cache: Cache
     limiter: anyio.CapacityLimiter
     singleflight: SingleFlight = field(default_factory=SingleFlight)
-    predictor: Predictor | None = None
+    predictor: Predictor | None = None  # set once everything /ready waits for is loaded
     load_error: str | None = None
+    loading: str = "model is loading"  # what start-up is doing now: /ready's and every 503's reason until ready
+    encoder_missing: bool = False  # the text encoder is not installed: no new entities (GET /info says so)
     started_at: float = field(default_factory=time.monotonic)
     pending: int = 0  # model jobs running or waiting for a worker
     inflight: int = 0  # admitted API requests not yet answered

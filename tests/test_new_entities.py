@@ -147,6 +147,9 @@ def test_post_entities_then_query_restart_and_bad_input(new_client: tuple[TestCl
         assert r.json()["error"]["field"].startswith(field), r.json()
     r = c.post("/entities", content=b'{"name": "X", "numeric": {"a": NaN}}', headers={"content-type": "application/json"})
     assert r.status_code == 422 and "numeric" in r.json()["error"]["field"]
+    # numbers for a bundle fitted without numeric statistics: the message says how to fit them
+    r = c.post("/entities", json={"name": "X", "numeric": {"people.person.height_meters": 1.8}})
+    assert "imf bundle extras BUNDLE --numeric-source FILE" in r.json()["error"]["message"], r.text
     assert c.get("/info").json()["new_entities"]["added"] == 1
     # the same request again (a client retrying after a timeout): the entity it added, 200, nothing new
     r = c.post("/entities", json=ADA)
@@ -268,3 +271,23 @@ def test_bundle_without_feature_map_answers_501_and_adds_nothing(slice_bundle: P
         assert r.status_code == 501 and "feature map" in r.json()["error"]["message"], r.text
         assert c.get("/entities", params={"q": "lovelace"}).json()["entities"] == []
     assert not list(tmp_path.glob("entities-*.jsonl"))
+
+
+def test_numeric_attributes_without_statistics_say_how_to_fit_them() -> None:
+    """The shipped bundle's model has a numeric branch; with its feature map's numeric
+    statistics taken away (a bundle whose extras were fitted without --numeric-source), numbers
+    for a new entity are refused with the command that fits them, and the file it needs."""
+    from service.added import AddedEntities
+    from service.errors import InvalidRequest
+
+    b = load_bundle(Path(__file__).resolve().parent.parent / "artifacts" / "default")
+    assert b.feature_map is not None and "numeric" in b.model.modalities
+    b.feature_map.numeric_attributes = []
+    added = AddedEntities(b, {})  # check_new_entity reads no table
+    added.check_new_entity("X", "", {}, None, max_text=1000)  # no numbers: fine
+    with pytest.raises(InvalidRequest) as info:
+        added.check_new_entity("X", "", {"people.person.height_meters": 1.8}, None, max_text=1000)
+    assert info.value.field == "numeric"
+    message = info.value.message
+    assert "takes no numeric attributes" in message and "imf bundle extras BUNDLE --numeric-source FILE" in message
+    assert "entity<TAB>attribute<TAB>value" in message

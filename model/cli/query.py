@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from model.bundle.format import load_bundle
 from model.config import positive_int
+from model.errors import AmbiguousNameError, shorten
 from model.evaluation.ranking import evaluate, format_report
 from model.pipeline import predict
+
+DESCRIPTION_WIDTH = 70  # characters of a candidate's description `imf predict` prints
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -52,8 +56,14 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
-    preds = predict(bundle, args.head, args.relation, k=args.k, direction=args.direction, filter_known=not args.keep_known)
     vocab = bundle.vocab
+    try:
+        e = vocab.entity(args.head)
+        r = vocab.relation(args.relation)
+    except AmbiguousNameError as exc:
+        return print_candidates(exc, as_json=args.json)
+    # Resolved once, by id from here on (an id always resolves to itself).
+    preds = predict(bundle, vocab.entity_ids[e], vocab.relation_ids[r], k=args.k, direction=args.direction, filter_known=not args.keep_known)
     rows = [
         {"rank": p.rank, "entity": vocab.entity_ids[p.entity], "name": vocab.entity_names[p.entity], "score": p.score, "known": p.known}
         for p in preds
@@ -61,11 +71,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": bundle.fingerprint, "predictions": rows}))
         return 0
-    e = vocab.entity(args.head)
-    r = vocab.relation(args.relation)
-    arrow = f"({vocab.entity_names[e]}, {vocab.relation_ids[r]}, ?)" if args.direction == "tail" else f"(?, {vocab.relation_ids[r]}, {vocab.entity_names[e]})"
+    head = f"{vocab.entity_names[e]} ({vocab.entity_ids[e]})"
+    arrow = f"({head}, {vocab.relation_ids[r]}, ?)" if args.direction == "tail" else f"(?, {vocab.relation_ids[r]}, {head})"
     print(f"{arrow}  model {bundle.fingerprint[:12]}")
     for row in rows:
         flag = "  [known]" if row["known"] else ""
         print(f"{row['rank']:>4}  {row['score']:.4f}  {row['name']}  ({row['entity']}){flag}")
     return 0
+
+
+def print_candidates(exc: AmbiguousNameError, *, as_json: bool) -> int:
+    """An ambiguous --head or --relation: the candidates one a line on stderr (id, name,
+    description cut short), so the user can rerun with the id; with --json also one JSON object
+    on stdout. Exit status 2, as every user error."""
+    plural = "entities" if exc.kind == "entity" else f"{exc.kind}s"
+    print(f"imf predict: error: {exc.name!r} is ambiguous: {exc.total} {plural} have this name; rerun with one of these ids:", file=sys.stderr)
+    width = max(len(c.id) for c in exc.candidates)
+    for c in exc.candidates:
+        about = f"  {shorten(c.description, DESCRIPTION_WIDTH)}" if c.description.strip() else ""
+        print(f"  {c.id:<{width}}  {c.name}{about}", file=sys.stderr)
+    if exc.total > len(exc.candidates):
+        print(f"  ... and {exc.total - len(exc.candidates)} more", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": "ambiguous_name", "message": str(exc), "candidates": [c.as_dict() for c in exc.candidates], "total": exc.total}))
+    return 2

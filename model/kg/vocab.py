@@ -1,17 +1,24 @@
 """A graph's vocabulary: entity and relation ids with readable names, and the lookups a user's
-words go through (an id, or an exact case-insensitive name; close names when neither matches;
-search by name or id). Shared by a loaded dataset and a loaded bundle, so both answer names
-alike; the service resolves its requests with it.
+words go through (an id, or an exact case-insensitive name; the candidates, by id, when several
+entities share the name; close names when nothing matches; search by name or id). Shared by a
+loaded dataset and a loaded bundle, so both answer names alike; the service resolves its
+requests with it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from model.errors import UnknownNameError
+from model.errors import (
+    MAX_CANDIDATES,
+    AmbiguousNameError,
+    NameCandidate,
+    UnknownNameError,
+)
 from model.kg.names import NameIndex
 
 
@@ -19,8 +26,8 @@ from model.kg.names import NameIndex
 class Vocabulary:
     """entity_* lists: shape (N,), in model order; relation_* lists: (R,) base relations (the
     model's reciprocal of relation r is r + R). entity_weights: (N,) number of training triples
-    of each entity: a name shared by several entities resolves to the heaviest, and search
-    results come in weight order."""
+    of each entity: the candidates of a name several entities share, and search results, come in
+    weight order."""
 
     entity_ids: list[str]
     entity_names: list[str]
@@ -50,42 +57,62 @@ class Vocabulary:
         return {r: i for i, r in enumerate(self.relation_ids)}
 
     @cached_property
-    def _entity_by_name(self) -> dict[str, int]:
-        """Lower-cased name -> entity; a name shared by several entities goes to the one with
-        the most training triples (deterministic, and the one a user most likely means)."""
-        out: dict[str, int] = {}
-        for i in np.argsort(-self.entity_weights, kind="stable"):
-            out.setdefault(self.entity_names[i].lower(), int(i))
-        return out
+    def _entity_by_name(self) -> tuple[dict[str, int], dict[str, list[int]]]:
+        """Normalised name (`name_key`) -> entity, for the names only one entity has; and ->
+        entities, most training triples first, for the names several share (few: a list per
+        name for every entity would cost memory at a million entities)."""
+        return _by_name(self.entity_names, np.argsort(-self.entity_weights, kind="stable").tolist())
 
     @cached_property
-    def _relation_by_name(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for i, n in enumerate(self.relation_names):
-            out.setdefault(n.lower(), i)
-        return out
+    def _relation_by_name(self) -> tuple[dict[str, int], dict[str, list[int]]]:
+        return _by_name(self.relation_names, range(len(self.relation_names)))
 
     def has_entity_id(self, key: str) -> bool:
         """Whether `key` is an entity id (names do not count)."""
         return key in self._entity_index
 
+    def entities_named(self, name: str) -> list[int]:
+        """Every entity whose name is exactly `name` (case-insensitive, surrounding blanks
+        ignored), most training triples first; [] when none. Ids do not count."""
+        return _named(self._entity_by_name, name)
+
     def entity(self, key: str) -> int:
-        """Entity index from an id or an exact (case-insensitive) name; UnknownNameError else."""
+        """Entity index from an id, or from an exact (case-insensitive) name only one entity has.
+
+        An id always resolves to its entity. A name several entities share raises
+        AmbiguousNameError listing them (`entity_candidates`); an unknown key UnknownNameError
+        with close names."""
         if key in self._entity_index:
             return self._entity_index[key]
-        hit = self._entity_by_name.get(key.strip().lower())
-        if hit is not None:
-            return hit
-        sugg = [self.entity_names[i] for i in self.name_index.close(key)]
-        raise UnknownNameError("entity", key, [], suggestions=sugg)
+        hits = self.entities_named(key)
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            raise AmbiguousNameError("entity", key, self.entity_candidates(hits[:MAX_CANDIDATES]), total=len(hits))
+        raise self.unknown_entity(key)
+
+    def unknown_entity(self, key: str) -> UnknownNameError:
+        """The error for a key that is neither an entity id nor a name: with the close names."""
+        return UnknownNameError("entity", key, [], suggestions=[self.entity_names[i] for i in self.name_index.close(key)])
+
+    def entity_candidates(self, indices: Iterable[int]) -> list[NameCandidate]:
+        """Id, name and description of these entities (what an ambiguous name lists)."""
+        described = len(self.entity_descriptions)
+        return [
+            NameCandidate(self.entity_ids[i], self.entity_names[i], self.entity_descriptions[i] if i < described else "")
+            for i in indices
+        ]
 
     def relation(self, key: str) -> int:
-        """Relation index (base, without reciprocal) from an id or exact name."""
+        """Relation index (base, without reciprocal) from an id or an exact name only one
+        relation has (AmbiguousNameError for a shared one, UnknownNameError for none)."""
         if key in self._relation_index:
             return self._relation_index[key]
-        hit = self._relation_by_name.get(key.strip().lower())
-        if hit is not None:
-            return hit
+        hits = _named(self._relation_by_name, key)
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            raise AmbiguousNameError("relation", key, [NameCandidate(self.relation_ids[i], self.relation_names[i]) for i in hits[:MAX_CANDIDATES]], total=len(hits))
         raise UnknownNameError("relation", key, self.relation_ids + self.relation_names)
 
     @cached_property
@@ -98,6 +125,32 @@ class Vocabulary:
         """Entities whose name or id contains `query` (case-insensitive): exact matches first,
         then prefix matches, then substring matches, each by number of training triples."""
         return self.name_index.search(query, limit)
+
+
+def name_key(name: str) -> str:
+    """What exact-name lookups compare: the name lower-cased, surrounding blanks stripped."""
+    return name.strip().lower()
+
+
+def _by_name(names: Sequence[str], order: Iterable[int]) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """(unique, shared) name maps over `names`, each shared list in `order` (see
+    Vocabulary._entity_by_name)."""
+    first: dict[str, int] = {}
+    shared: dict[str, list[int]] = {}
+    for i in order:
+        key = name_key(names[i])
+        j = first.setdefault(key, i)
+        if j != i:
+            shared.setdefault(key, [j]).append(i)
+    for key in shared:
+        del first[key]
+    return first, shared
+
+
+def _named(maps: tuple[dict[str, int], dict[str, list[int]]], name: str) -> list[int]:
+    key = name_key(name)
+    one = maps[0].get(key)
+    return [one] if one is not None else list(maps[1].get(key, ()))
 
 
 def training_degree(train: np.ndarray, num_entities: int) -> np.ndarray:

@@ -6,13 +6,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import PredictorDep, StateDep
-from service.routes.common import ERRORS
+from service.routes.common import NAME_ERRORS
 from service.schemas import ExplainRequest, ExplainResponse, ScoreRequest, ScoreResponse
 
 router = APIRouter()
 
 
-@router.post("/explain", response_model=ExplainResponse, responses=ERRORS, summary="Decision-fusion weights and per-branch contributions")
+@router.post("/explain", response_model=ExplainResponse, responses=NAME_ERRORS, summary="Decision-fusion weights and per-branch contributions")
 async def explain(body: ExplainRequest, state: StateDep, p: PredictorDep) -> dict:
     def work() -> dict:
         q = p.names.resolve(body.head, body.relation, direction=body.direction, k=body.k, filter_known=body.filter_known, max_k=state.settings.max_k)
@@ -32,7 +32,7 @@ async def explain(body: ExplainRequest, state: StateDep, p: PredictorDep) -> dic
     return await state.run(work)
 
 
-@router.post("/score", response_model=ScoreResponse, responses=ERRORS, summary="Calibrated probability that one triple holds, with the per-branch breakdown")
+@router.post("/score", response_model=ScoreResponse, responses=NAME_ERRORS, summary="Calibrated probability that one triple holds, with the per-branch breakdown")
 async def score(body: ScoreRequest, state: StateDep, p: PredictorDep) -> dict:
     def work() -> dict:
         q = p.names.resolve(body.head, body.relation, direction="tail", k=1, filter_known=False)

@@ -33,7 +33,7 @@ async def health() -> dict:
     return {"status": "ok"}
 
 
-@public.get("/ready", summary="Readiness: model, index and cache status (503 until loaded)")
+@public.get("/ready", summary="Readiness: model, index and cache status (503 until loaded, and with IMF_ALLOW_NEW_ENTITIES until the text encoder is too)")
 async def ready(state: StateDep) -> JSONResponse:
     cache = await state.cache.status()
     state.metrics.cache_up.set(1 if cache.get("ok") else 0)
@@ -44,7 +44,7 @@ async def ready(state: StateDep) -> JSONResponse:
         "cache": {k: v for k, v in cache.items() if k in ("backend", "ok", "circuit")},
     }
     if state.predictor is None:
-        body["error"] = "model failed to load; see the server log" if state.load_error else "model is loading"
+        body["error"] = "model failed to load; see the server log" if state.load_error else state.loading
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
     return JSONResponse(body)
 
@@ -76,7 +76,7 @@ async def info(state: StateDep, p: PredictorDep) -> dict:
         "index": {"kind": p.index_kind, "candidates": p.candidates if p.index is not None else p.num_entities},
         "calibration": (m.get("extras") or {}).get("calibration", {}).get("method"),
         "new_entities": {
-            "enabled": bool(state.settings.allow_new_entities and p.bundle.feature_map is not None),
+            "enabled": bool(state.settings.allow_new_entities and p.bundle.feature_map is not None and not state.encoder_missing),
             "added": len(p.added.ids),
             "numeric_attributes": p.bundle.feature_map.numeric_attributes if p.bundle.feature_map else [],
         },

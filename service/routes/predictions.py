@@ -8,20 +8,20 @@ from service.answers import cached_predictions
 from service.deps import PredictorDep, StateDep
 from service.errors import ServiceError
 from service.query import Query
-from service.routes.common import ERRORS
+from service.routes.common import NAME_ERRORS
 from service.schemas import BatchRequest, BatchResponse, PredictRequest, PredictResponse
 
 router = APIRouter()
 
 
-@router.post("/predict", response_model=PredictResponse, responses=ERRORS, summary="Top-k tails (or heads) for one query")
+@router.post("/predict", response_model=PredictResponse, responses=NAME_ERRORS, summary="Top-k tails (or heads) for one query")
 async def predict(body: PredictRequest, state: StateDep, p: PredictorDep) -> dict:
     q = await state.run(lambda: p.names.resolve(body.head, body.relation, direction=body.direction, k=body.k, filter_known=body.filter_known, max_k=state.settings.max_k))
     (answer, cached), = await cached_predictions(state, p, [q])
     return {"model": p.bundle.fingerprint, "cached": cached, **answer}
 
 
-@router.post("/predict/batch", response_model=BatchResponse, responses=ERRORS, summary="Many queries in one request, scored together")
+@router.post("/predict/batch", response_model=BatchResponse, responses=NAME_ERRORS, summary="Many queries in one request, scored together")
 async def predict_batch(body: BatchRequest, state: StateDep, p: PredictorDep) -> dict:
     # At most IMF_MAX_BATCH queries: the schema counts them before validating any
     # (service.schemas.BatchRequest), so a longer batch never gets here.

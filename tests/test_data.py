@@ -240,3 +240,69 @@ def test_cli_unknown_dataset_and_modality(tmp_path: Path, capsys) -> None:
     assert cli_main(["train", "--dataset", str(root), "--out", str(out), "--modalities", "visual", "--quiet"]) == 2
     assert "unknown modality 'visual'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_byte_order_mark_is_ignored_in_every_text_file(tmp_path: Path) -> None:
+    """An editor's invisible BOM would otherwise become part of the first id of the file."""
+    root = good(tmp_path / "d")
+    (root / "entities.tsv").write_text("\ufeffa\tAlpha\nb\tBeta\nc\tGamma\n", encoding="utf-8")
+    (root / "relations.tsv").write_text("\ufeffr\tare\ns\tsees\n", encoding="utf-8")
+    for split in ("train", "valid", "test"):
+        (root / f"{split}.tsv").write_text("\ufeff" + (root / f"{split}.tsv").read_text(encoding="utf-8"), encoding="utf-8")
+    ds = load_dataset(root)
+    assert ds.entity_ids == ["a", "b", "c"] and ds.entity_names[0] == "Alpha"
+    assert ds.relation_ids == ["r", "s"] and ds.train.tolist()[0] == [0, 0, 1]
+
+
+def test_entity_missing_from_entities_tsv_names_both_files(tmp_path: Path) -> None:
+    root = good(tmp_path / "d")
+    (root / "entities.tsv").write_text("a\tAlpha\nb\tBeta\n", encoding="utf-8")  # no c; no relations.tsv
+    err = error_of(root)
+    assert err.path.endswith("train.tsv") and err.line == 2
+    assert f"entity 'c' is not listed in {root / 'entities.tsv'}" in str(err)
+
+
+def test_relation_missing_from_relations_tsv_names_both_files(tmp_path: Path) -> None:
+    root = good(tmp_path / "d")
+    (root / "relations.tsv").write_text("r\tare\n", encoding="utf-8")
+    err = error_of(root)
+    assert err.path.endswith("train.tsv") and err.line == 3
+    assert f"relation 's' is not listed in {root / 'relations.tsv'}" in str(err)
+
+
+def test_missing_builtin_dataset_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model.kg import dataset
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # IMF_DATA_DIR set, installed package: point it elsewhere (building needs a clone)
+    monkeypatch.setenv("IMF_DATA_DIR", str(empty))
+    monkeypatch.setattr(dataset, "in_source_checkout", lambda: False)
+    message = str(error_of_name("wn9-img"))
+    assert f"IMF_DATA_DIR={empty} holds no wn9-img/: point IMF_DATA_DIR at a folder that holds wn9-img/" in message
+    assert "imf data build" not in message
+    # installed, no IMF_DATA_DIR (the package's own data/ is empty): IMF_DATA_DIR is the fix
+    monkeypatch.delenv("IMF_DATA_DIR")
+    monkeypatch.setattr(dataset, "project_data_dir", lambda: empty)
+    message = str(error_of_name("wn9-img"))
+    assert "set IMF_DATA_DIR to a folder that holds wn9-img/" in message and "imf data build" not in message
+    # in a clone: rebuild it
+    monkeypatch.setattr(dataset, "in_source_checkout", lambda: True)
+    message = str(error_of_name("wn9-img"))
+    assert message.endswith("built-in dataset 'wn9-img' is missing; run `imf data build wn9-img`")
+    # in a clone with IMF_DATA_DIR pointing at the wrong folder: fix or unset it
+    monkeypatch.setenv("IMF_DATA_DIR", str(empty))
+    message = str(error_of_name("wn9-img"))
+    assert "point IMF_DATA_DIR at a folder that holds wn9-img/, or unset it to use the clone's data/ folder" in message
+
+
+def test_this_checkout_is_a_clone() -> None:
+    from model.kg.dataset import in_source_checkout
+
+    assert in_source_checkout()  # the tests run from the repository, pyproject.toml beside model/
+
+
+def error_of_name(name: str) -> DataError:
+    with pytest.raises(DataError) as info:
+        load_dataset(name)
+    return info.value

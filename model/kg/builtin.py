@@ -29,6 +29,7 @@ import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from model.kg.dataset import BUILTIN_DATASETS, project_data_dir
 from model.kg.split import repair_splits, top_up_valid
@@ -50,11 +51,14 @@ class RawKG:
     entity_names: dict[str, str]
     entity_descriptions: dict[str, str]
     relation_names: dict[str, str]
-    default_modalities: list[str]
+    # None: not written, so that training uses every modality in features/ (an imported graph).
+    default_modalities: list[str] | None
     sources: list[str]
     cleaning: dict[str, int] = field(default_factory=dict)
     # Fill valid up to this many triples from train (model.kg.split.top_up_valid); None: as given.
     valid_target: int | None = None
+    # Further dataset.json fields (the importer records how it split).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _clean(raw: RawKG) -> RawKG:
@@ -70,7 +74,7 @@ def _clean(raw: RawKG) -> RawKG:
     return raw
 
 
-def _entity_order(raw: RawKG) -> list[str]:
+def entity_order(raw: RawKG) -> list[str]:
     """Entities in order of first appearance over train, valid, test (the usual convention)."""
     order: dict[str, None] = {}
     for split in ("train", "valid", "test"):
@@ -85,7 +89,9 @@ def _tsv_field(text: str) -> str:
     return re.sub(r"[\t\r\n]+", " ", text).strip()
 
 
-def _write_lines(path: Path, lines: Iterable[str]) -> None:
+def write_lines(path: Path, lines: Iterable[str]) -> None:
+    """`lines` as a UTF-8 file (gzip when `path` ends in .gz), one a line, written atomically."""
+
     def write(tmp: Path) -> None:
         if path.suffix == ".gz":
             # mtime=0 and no stored file name keep the committed file byte-identical across rebuilds.
@@ -97,28 +103,33 @@ def _write_lines(path: Path, lines: Iterable[str]) -> None:
     atomic_write((path, write))
 
 
-def write_dataset(raw: RawKG, out: Path, *, gzip_threshold: int = 2_000_000) -> None:
-    """Write `raw` (cleaned) into `out` in the project format; the features/ folder is kept."""
-    raw = _clean(raw)
+def write_dataset(raw: RawKG, out: Path, *, gzip_threshold: int = 2_000_000, clean: bool = True) -> dict[str, Any]:
+    """Write `raw` (cleaned) into `out` in the project format; the features/ folder is kept.
+
+    clean=False: the splits are honest already (the importer, model.kg.importer, splits or
+    repairs them itself and reports how). Returns what was written to dataset.json.
+    """
+    if clean:
+        raw = _clean(raw)
     out.mkdir(parents=True, exist_ok=True)
-    entities = _entity_order(raw)
+    entities = entity_order(raw)
     relations = list(dict.fromkeys(r for _, r, _ in raw.splits["train"]))
-    _write_lines(
+    write_lines(
         out / "entities.tsv",
         (f"{e}\t{_tsv_field(raw.entity_names.get(e, e)) or e}\t{_tsv_field(raw.entity_descriptions.get(e, ''))}" for e in entities),
     )
-    _write_lines(out / "relations.tsv", (f"{r}\t{_tsv_field(raw.relation_names.get(r, r)) or r}" for r in relations))
+    write_lines(out / "relations.tsv", (f"{r}\t{_tsv_field(raw.relation_names.get(r, r)) or r}" for r in relations))
     for split, triples in raw.splits.items():
         lines = [f"{h}\t{r}\t{t}" for h, r, t in triples]
         size = sum(len(x) + 1 for x in lines)
         target = out / (f"{split}.tsv.gz" if size > gzip_threshold else f"{split}.tsv")
         other = out / (f"{split}.tsv" if target.suffix == ".gz" else f"{split}.tsv.gz")
-        _write_lines(target, lines)
+        write_lines(target, lines)
         other.unlink(missing_ok=True)
-    meta = {
+    meta: dict[str, Any] = {
         "name": raw.name,
         "description": raw.description,
-        "default_modalities": raw.default_modalities,
+        **({"default_modalities": raw.default_modalities} if raw.default_modalities is not None else {}),
         "sources": raw.sources,
         "counts": {
             "entities": len(entities),
@@ -126,9 +137,10 @@ def write_dataset(raw: RawKG, out: Path, *, gzip_threshold: int = 2_000_000) -> 
             **{split: len(t) for split, t in raw.splits.items()},
         },
         "cleaning": raw.cleaning,
+        **raw.extra,
     }
-    _write_lines(out / "dataset.json", [json.dumps(meta, indent=2, ensure_ascii=False)])
-    log.info("wrote %s: %s", out, meta["counts"])
+    write_lines(out / "dataset.json", [json.dumps(meta, indent=2, ensure_ascii=False)])
+    return meta
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,5 +355,6 @@ def build_builtin(name: str, source: Path | None = None, out: Path | None = None
     if not source.is_dir():
         raise DataError(source, "raw dataset folder not found (pass --source)")
     out = out or project_data_dir() / name
-    write_dataset(READERS[name](source), out)
+    meta = write_dataset(READERS[name](source), out)
+    log.info("wrote %s: %s", out, meta["counts"])
     return out

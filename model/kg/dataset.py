@@ -147,10 +147,14 @@ class KGDataset:
 
 
 def open_text(path: Path) -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file (gzip if it ends in .gz), without line endings."""
+    """Yield the lines of a UTF-8 text file (gzip if it ends in .gz), without line endings.
+
+    A UTF-8 byte-order mark at the start is dropped ("utf-8-sig"): editors on Windows add one,
+    and it would otherwise become an invisible part of the first id (its lookups then fail far
+    from the cause)."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:  # type: ignore[operator]
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # type: ignore[operator]
             for line in fh:
                 yield line.rstrip("\r\n")
     except UnicodeDecodeError as exc:
@@ -167,7 +171,7 @@ def find_file(root: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_table(path: Path, min_cols: int, max_cols: int) -> list[tuple[int, list[str]]]:
+def read_table(path: Path, min_cols: int, max_cols: int) -> list[tuple[int, list[str]]]:
     """Rows of a tab-separated file as (line number, fields); blank lines are skipped."""
     rows: list[tuple[int, list[str]]] = []
     for lineno, line in enumerate(open_text(path), start=1):
@@ -189,7 +193,7 @@ def read_vocab(path: Path, kind: str) -> tuple[list[str], list[str], list[str]]:
     names: list[str] = []
     descs: list[str] = []
     seen: dict[str, int] = {}
-    for lineno, cols in _read_table(path, 1, 3):
+    for lineno, cols in read_table(path, 1, 3):
         key = cols[0]
         if key in seen:
             raise DataError(path, f"duplicate {kind} id {key!r} (first on line {seen[key]})", lineno)
@@ -205,21 +209,26 @@ def _read_triples(
     ent_index: dict[str, int],
     rel_index: dict[str, int],
     *,
-    grow: bool,
+    vocab_files: dict[str, Path | None],
     seen_in_train: tuple[set[int], set[int]] | None,
 ) -> np.ndarray:
-    """Parse one split. With `grow`, unknown ids are added to the vocabularies (train without
-    entities.tsv); otherwise they are errors. `seen_in_train` (entities, relations) makes any
-    entity or relation that never occurs in train an error (valid / test)."""
+    """Parse one split. `vocab_files` ({"entity", "relation"} -> entities.tsv / relations.tsv or
+    None): an id missing from a listed vocabulary is an error naming that file too; without
+    one, train's unknown ids are added to the vocabulary. `seen_in_train` (entities, relations,
+    for valid / test) makes any entity or relation that never occurs in train an error."""
     out: list[tuple[int, int, int]] = []
     first_line: dict[tuple[int, int, int], int] = {}
-    for lineno, (h, r, t) in _read_table(path, 3, 3):
+    for lineno, (h, r, t) in read_table(path, 3, 3):
         ids = []
         for value, index, kind in ((h, ent_index, "entity"), (r, rel_index, "relation"), (t, ent_index, "entity")):
             if value not in index:
-                if not grow:
-                    where = "the train split" if seen_in_train is not None else "the vocabulary file"
-                    raise DataError(path, f"{kind} {value!r} does not occur in {where}", lineno)
+                listed_in = vocab_files[kind]
+                if listed_in is not None:
+                    # Name the vocabulary file as well: the cause may be there (a typo, a
+                    # missing line), not in the split.
+                    raise DataError(path, f"{kind} {value!r} is not listed in {listed_in}", lineno)
+                if seen_in_train is not None:
+                    raise DataError(path, f"{kind} {value!r} does not occur in the train split", lineno)
                 index[value] = len(index)
             ids.append(index[value])
         triple = (ids[0], ids[1], ids[2])
@@ -301,6 +310,27 @@ def project_data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
 
 
+def in_source_checkout() -> bool:
+    """True when the packages run from a clone of the repository (pyproject.toml beside them,
+    as in an editable install), False when installed into site-packages, where `data/` and the
+    converters' raw sources are not at hand."""
+    return (Path(__file__).resolve().parents[2] / "pyproject.toml").is_file()
+
+
+def missing_builtin_hint(name: str) -> str:
+    """What to do about a built-in dataset absent from `project_data_dir()`: point IMF_DATA_DIR
+    at a folder holding it (installed package, or IMF_DATA_DIR already set), and, in a clone,
+    rebuild it from its raw release."""
+    env = os.environ.get("IMF_DATA_DIR")
+    build = f"run `imf data build {name}`"
+    if env:
+        where = f"IMF_DATA_DIR={env} holds no {name}/: point IMF_DATA_DIR at a folder that holds {name}/"
+        return f"{where}, or unset it to use the clone's data/ folder" if in_source_checkout() else where
+    if in_source_checkout():
+        return build
+    return f"the installed package carries no datasets: set IMF_DATA_DIR to a folder that holds {name}/ (the data/ folder of a clone of the repository)"
+
+
 def resolve_dataset(name_or_dir: str | Path) -> Path:
     """A dataset directory from a built-in name or a path; UnknownNameError otherwise."""
     path = Path(name_or_dir)
@@ -310,7 +340,7 @@ def resolve_dataset(name_or_dir: str | Path) -> Path:
     if key in BUILTIN_DATASETS:
         built = project_data_dir() / key
         if not (built / "train.tsv").exists() and not (built / "train.tsv.gz").exists():
-            raise DataError(built, f"built-in dataset {key!r} is missing; run `imf data build {key}`")
+            raise DataError(built, f"built-in dataset {key!r} is missing; {missing_builtin_hint(key)}")
         return built
     raise UnknownNameError("dataset (neither a built-in name nor a directory)", str(name_or_dir), BUILTIN_DATASETS, list_known=True)
 
@@ -354,14 +384,12 @@ def load_dataset(name_or_dir: str | Path, *, with_features: bool = True) -> KGDa
         split_paths[split] = p
         used.append(p)
 
-    train = _read_triples(split_paths["train"], ent_index, rel_index, grow=ent_file is None or rel_file is None, seen_in_train=None)
-    if ent_file is not None:
-        n_declared = len(ent_ids)
-        if len(ent_index) != n_declared:  # pragma: no cover - grow is False when entities.tsv exists
-            raise DataError(split_paths["train"], "entities outside entities.tsv")
+    # Each vocabulary is fixed by its file when there is one, else grown from train.
+    vocab_files = {"entity": ent_file, "relation": rel_file}
+    train = _read_triples(split_paths["train"], ent_index, rel_index, vocab_files=vocab_files, seen_in_train=None)
     seen = (set(train[:, 0].tolist()) | set(train[:, 2].tolist()), set(train[:, 1].tolist()))
-    valid = _read_triples(split_paths["valid"], ent_index, rel_index, grow=False, seen_in_train=seen)
-    test = _read_triples(split_paths["test"], ent_index, rel_index, grow=False, seen_in_train=seen)
+    valid = _read_triples(split_paths["valid"], ent_index, rel_index, vocab_files=vocab_files, seen_in_train=seen)
+    test = _read_triples(split_paths["test"], ent_index, rel_index, vocab_files=vocab_files, seen_in_train=seen)
 
     # Vocabularies grown from train (no entities.tsv / relations.tsv) get their ids as names.
     ent_ids = sorted(ent_index, key=ent_index.__getitem__)

@@ -9,8 +9,9 @@
     bundle = load_bundle("artifacts/wn")            # model.bundle.format
     predict(bundle, "dog", "_hypernym", k=5)
 
-- `train_to_bundle`: train (model selection on the validation split), optionally compact, record
-  the test metrics once after selection, write the bundle atomically, then fit its extras.
+- `train_to_bundle`: train (model selection on the validation split; with a run directory,
+  checkpoints to resume from and per-epoch metrics), optionally compact, record the test metrics
+  once after selection, write the bundle atomically, then fit its extras.
 - `compact_bundle`: a serving copy (int8 tables and cores, float16 weights) with its metrics
   re-measured on exactly the weights it will serve.
 - `fit_extras`: the probability calibration (validation split) and the new-entity feature map
@@ -20,25 +21,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from model.bundle.calibration import collect_samples, fit_calibration, relation_families
 from model.bundle.feature_map import fit_feature_map
-from model.bundle.format import Bundle, add_extras, check_writable, load_bundle, save_bundle
+from model.bundle.format import Bundle, add_extras, check_writable, load_bundle, read_manifest, save_bundle
 from model.bundle.quantize import as_served
-from model.errors import DataError
+from model.errors import BundleError, DataError, IMFError
 from model.evaluation.predict import Ranked, exhaustive_scores, known_mask, top_k_with_filter
 from model.evaluation.ranking import evaluate
 from model.features.numeric import numeric_normalisation
-from model.kg.dataset import load_dataset
+from model.files import atomic_write
+from model.kg.dataset import KGDataset, load_dataset
 from model.kg.triples import AnswerIndex, query_relation
 from model.network.imf import IMFConfig
+from model.training.checkpoint import RUN_CONFIG, clear_run_dir, has_checkpoint, prepare_run_dir
 from model.training.config import TrainConfig
-from model.training.loop import train
+from model.training.loop import EpochHook, model_settings, train
+from model.training.run_config import ResolvedConfig
+from model.training.tracking import close_trackers, open_trackers
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +62,73 @@ def train_to_bundle(
     compact: bool = False,
     report_test: bool = False,
     extras: bool = True,
+    dataset: KGDataset | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    track: Sequence[str] = (),
+    sources: Mapping[str, str] | None = None,
+    on_epoch: Sequence[EpochHook] = (),
 ) -> Path:
     """Train and write the bundle atomically to `out` (see model.bundle.format).
 
-    model_config: the model's hyperparameters (default IMFConfig()).
+    model_config: the model's hyperparameters (default IMFConfig(); with cfg.init_from the
+    bundle's; resuming, the checkpoint's).
     compact: write a compact bundle (model.bundle.quantize); the recorded validation
     metrics are then re-measured on the compacted weights exactly as they will be served.
     report_test: after model selection is over, evaluate the selected model once on the test
     split and record it in the manifest (`metrics.test`); nothing is chosen by it.
     extras: then fit the bundle's calibration and feature map (`fit_extras`; valid split only).
+    dataset: the loaded `cfg.dataset`, when the caller has it already.
+    run_dir: the run directory (model.training.checkpoint: a checkpoint and metrics.csv after
+    every epoch, config.toml); None: none (`imf train` uses OUT.run). With overwrite, a fresh
+    run clears what an earlier one left there.
+    resume: continue the run in `run_dir` from its checkpoint (model.training.loop.train); the
+    bundle that run wrote at `out` when interrupted is replaced without `overwrite`.
+    track: trackers to log each epoch to (model.training.tracking: "tensorboard", "mlflow"),
+    storing into `run_dir`.
+    sources: where each configuration value came from (model.training.run_config), for the
+    manifest and config.toml.
+    on_epoch: more per-epoch hooks (see `train`).
+
+    Stopped by Ctrl-C after the first validation, the run still writes the best model so far
+    (manifest training.stopped_by = "interrupted", no extras fitted) and returns its path.
     """
     out = Path(out)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if track and run_dir is None:
+        raise IMFError("--track needs a run directory to store into (--run-dir)")
+    if resume and run_dir is not None and not overwrite:
+        overwrite = _written_by_run(out, run_dir)  # its own bundle of an interrupted part
     check_writable(out, overwrite=overwrite)  # fail before hours of training, not after
-    result = train(cfg, model_config=model_config, progress=progress)
+    model_settings_given = model_config
+    created = run_dir is not None and not run_dir.exists()
+    try:
+        if run_dir is not None:
+            if not resume:
+                prepare_run_dir(run_dir, overwrite=overwrite)
+            if model_config is not None:
+                resolved = ResolvedConfig(train=cfg, model=model_config, sources=dict(sources or {}))
+                text = resolved.to_toml(header=f"run {run_dir}, bundle {out}")
+                atomic_write((run_dir / RUN_CONFIG, lambda tmp: tmp.write_text(text, encoding="utf-8")))
+        # Absolute paths: a resumed run may start from another folder.
+        run_info = {"out": str(out.resolve()), "compact": compact, "report_test": report_test, "extras": extras, "track": list(track), "sources": dict(sources or {})}
+        trackers = open_trackers(track, run_dir, {**dataclasses.asdict(cfg), **(dataclasses.asdict(model_config) if model_config else {})}) if track else []  # type: ignore[arg-type]
+        try:
+            result = train(
+                cfg, dataset, model_config=model_settings_given, progress=progress, run_dir=run_dir, resume=resume,
+                on_epoch=[*trackers, *on_epoch], run_info=run_info,
+            )
+        finally:
+            close_trackers(trackers)
+    except BaseException:
+        if run_dir is not None and not resume and not has_checkpoint(run_dir):
+            # Not one epoch done, nothing to resume: a failed start (bad data, an unknown
+            # modality, a missing tracker package, Ctrl-C) leaves no run directory behind.
+            clear_run_dir(run_dir)
+            if created:
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()  # only if empty: never anything of the user's
+        raise
     model = result.model
     ds = result.dataset
     metrics = {"valid": result.valid_metrics}
@@ -80,25 +141,51 @@ def train_to_bundle(
     if report_test:
         metrics["test"] = evaluate(model, ds.test, known_index, split="test", batch_size=cfg.eval_batch_size, progress=progress)
         log.info("test MRR of the selected model %.4f", metrics["test"]["mrr"])
+    training = {
+        **dataclasses.asdict(result.train_config),
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "seconds": round(result.seconds, 1),
+        "stopped_by": result.stopped_by,
+        "history": result.history,
+        # The model hyperparameters as the run resolved them, and where each value (training and
+        # model) came from: flag, config, bundle, sized, checkpoint or default.
+        "model": model_settings(result.model_config),
+        "sources": dict(sources or {}),
+        **({"run_dir": str(run_dir.resolve())} if run_dir is not None else {}),
+    }
     path = save_bundle(
         out,
         model,
         ds.vocabulary(),
         ds.splits(),
         dataset=ds.info(),
-        training={**dataclasses.asdict(result.train_config), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1), "stopped_by": result.stopped_by, "history": result.history},
+        training=training,
         metrics=metrics,
         overwrite=overwrite,
         compact=compact,
     )
-    if extras:
+    if extras and result.stopped_by == "interrupted":
+        # Whoever pressed Ctrl-C wants the run to end now: the extras can follow later.
+        log.info("bundle extras not fitted (interrupted); run: imf bundle extras %s", path)
+    elif extras:
         # The calibration (valid split) and the new-entity feature map; the bundle is already
         # complete without them, so a failure here is reported and loses nothing.
         try:
             fit_extras(path, dataset=cfg.dataset)
-        except Exception as exc:  # noqa: BLE001 - logged, the trained bundle stays
+        except Exception as exc:
             log.error("bundle extras not fitted (%s); run: imf bundle extras %s", exc, path)
     return path
+
+
+def _written_by_run(out: Path, run_dir: Path) -> bool:
+    """Whether the bundle at `out` was written by the run in `run_dir` (its manifest says so):
+    resuming that run may replace it."""
+    try:
+        recorded = read_manifest(out).get("training", {}).get("run_dir")
+    except BundleError:
+        return False
+    return recorded is not None and Path(recorded).resolve() == run_dir.resolve()
 
 
 def compact_bundle(src: str | Path, out: str | Path, *, report_test: bool = False, overwrite: bool = False, progress: bool = False) -> Path:

@@ -123,13 +123,15 @@ def test_non_finite_loss_stops_training_with_a_clear_error(tiny_dataset: Path, m
 
 def test_cli_train_takes_every_option_from_the_configs_and_fits_the_extras(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
     """`imf train` builds its options from TrainConfig and IMFConfig (defaults included: the
-    relation size follows --dim) and, by default, fits the bundle's extras after training."""
+    relation size follows --dim) and, by default, fits the bundle's extras after training.
+    --no-sizing: the plain dataclass defaults, not those sized for the graph
+    (tests/test_run_config.py covers sizing)."""
     from model.bundle.format import CALIBRATION, FEATURE_MAP, read_manifest
     from model.cli import main as cli_main
 
     out = tmp_path / "run"
     code = cli_main(["train", "--dataset", str(tiny_dataset), "--out", str(out), "--epochs", "2", "--dim", "6", "--batch-size", "4",
-                     "--per-query", "--no-residual", "--fusion-activation", "relu", "--valid-subset", "0", "--quiet"])
+                     "--per-query", "--no-residual", "--fusion-activation", "relu", "--valid-subset", "0", "--quiet", "--no-sizing"])
     assert code == 0, capsys.readouterr().err
     m = read_manifest(out)
     cfg, tr = m["model_config"], m["training"]

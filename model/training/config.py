@@ -49,11 +49,11 @@ class TrainConfig:
     eval_every: int = setting(1, "epochs between validation runs", parse=positive_int)
     patience: int = setting(5, "validation runs without improvement before stopping", parse=positive_int)
     valid_subset: int | None = setting(3000, "validation triples for early stopping (0 or none: all)", parse=count_or_all)
-    max_minutes: float | None = setting(None, "wall-time budget; keeps the best model so far")
+    max_minutes: float | None = setting(None, "wall-time budget of the whole run (a resumed run counts its earlier parts); keeps the best model so far")
     eval_batch_size: int = setting(256, "queries per validation batch", parse=positive_int)
     precision: str = setting("auto", "training matmuls; auto: bf16 on a CUDA GPU with bf16, fp32 elsewhere", choices=("auto", "fp32", "bf16"))
-    init_from: str | None = setting(None, "continue training from this bundle (full or compact) of the same model; --epochs counts all epochs; "
-                                    "a larger --relation-dim than the bundle's widens its model (same scores to start with)")
+    init_from: str | None = setting(None, "continue training from this bundle (full or compact), with its model options unless given here; "
+                                    "--epochs counts all epochs; a larger --relation-dim than the bundle's widens its model (same scores to start with)")
 
     def __post_init__(self) -> None:
         checks = {

@@ -22,6 +22,15 @@ from a few relation-homogeneous chunks, `relation_groups`, are cheaper per step 
 much of the validation MRR at equal epochs; they remain as an option for measurements.) The
 relation core transform (d_r x d x d per relation) is still built once per distinct relation
 of a batch.
+
+Runs that can stop and go on. With a run directory (model.training.checkpoint) every epoch ends
+by writing a checkpoint of everything the next epoch depends on (weights, optimizer and
+scheduler states, every random generator, the early-stopping state) and metrics.csv, so
+`train(..., run_dir=RUN, resume=True)` continues a killed run exactly: on the same device and
+thread count it reaches the same weights, bit for bit, as a run never stopped. Ctrl-C
+(KeyboardInterrupt) after the first validation, like the time budget, ends the run with the
+best model so far (`stopped_by` "interrupted"); the checkpoint stays that of the last complete
+epoch, from which a resumed run goes on.
 """
 
 from __future__ import annotations
@@ -31,22 +40,36 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model.bundle.format import load_bundle
+from model import __version__
+from model.bundle.format import load_bundle, read_manifest
+from model.config import option_fields
 from model.errors import BundleError, TrainingDiverged
 from model.evaluation.ranking import evaluate
 from model.kg.dataset import KGDataset, load_dataset
 from model.kg.triples import AnswerIndex
 from model.network.imf import IMF, STRUCTURE, TRAINING_ONLY_FIELDS, IMFConfig
 from model.network.losses import contrastive_loss, fusion_bce, mixture_cross_entropy, smoothed_targets
+from model.training.checkpoint import METRICS, RunError, load_checkpoint, prepare_run_dir, restore_rng_states, rng_states, save_checkpoint
 from model.training.config import TrainConfig
+from model.training.tracking import metrics_writer
 
 log = logging.getLogger(__name__)
+
+# What a resumed run may change: how long it goes on, where and how fast it runs, and where its
+# dataset is (its content is checked: the fingerprint). Anything else would make it another run
+# than the one its checkpoint holds.
+RESUMABLE_CHANGES = ("epochs", "max_minutes", "device", "threads", "eval_batch_size", "dataset")
+
+EpochHook = Callable[[Mapping[str, Any]], None]
 
 
 @dataclass
@@ -60,7 +83,8 @@ class TrainResult:
     epochs_run: int = 0
     best_epoch: int = 0
     seconds: float = 0.0
-    stopped_by: str = "epochs"
+    stopped_by: str = "epochs"  # "epochs", "early stopping", "time budget" or "interrupted"
+    run_dir: Path | None = None
 
 
 def batch_order(query_relations: np.ndarray, batch_size: int, groups: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -162,19 +186,61 @@ def training_loss(
     return loss, {k: v.detach() for k, v in parts.items()}
 
 
+def bundle_model_settings(path: str | Path) -> IMFConfig:
+    """The model hyperparameters (the `setting` fields of IMFConfig) of the bundle at `path`,
+    the graph's sizes left out: what a run continued from it builds by default."""
+    theirs = read_manifest(Path(path))["model_config"]
+    names = {f.name for f in option_fields(IMFConfig)}
+    try:
+        return IMFConfig(**{k: v for k, v in theirs.items() if k in names})
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: invalid model_config: {exc}") from exc
+
+
+def model_settings(cfg: IMFConfig) -> dict[str, Any]:
+    """The hyperparameters of a model configuration (its `setting` fields and `output`)."""
+    return {f.name: getattr(cfg, f.name) for f in option_fields(IMFConfig)} | {"output": cfg.output}
+
+
 def train(
     cfg: TrainConfig,
     dataset: KGDataset | None = None,
     *,
     model_config: IMFConfig | None = None,
     progress: bool = True,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    on_epoch: Sequence[EpochHook] = (),
+    run_info: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train IMF on `cfg.dataset` (or the given dataset) and return the best model on valid.
 
     model_config: the model's hyperparameters (dim, relation_dim, fusion_rank, dropouts,
     feature_residual, decision_fusion; the graph's sizes are filled in, `output` follows
-    cfg.loss); default IMFConfig().
+    cfg.loss); default IMFConfig(), or with cfg.init_from the bundle's, or when resuming the
+    checkpoint's.
+    run_dir: write a checkpoint and metrics.csv there after every epoch (model.training.checkpoint);
+    a fresh run refuses a directory that already holds a checkpoint.
+    resume: continue the run whose checkpoint is in `run_dir`, from its last complete epoch.
+    `cfg` and `model_config` must be the run's own except RESUMABLE_CHANGES (a longer run, a
+    larger time budget: RunError otherwise); `cfg.init_from` is not read again.
+    on_epoch: called after each epoch (after its checkpoint is written) with its history record
+    (trackers; a hook that raises KeyboardInterrupt stops the run like Ctrl-C).
+    run_info: stored as is in the checkpoint ("run"), for whoever resumes it (the CLI keeps the
+    bundle path and options there).
+
+    Ctrl-C after the first validation run ends training with the best model so far
+    (stopped_by "interrupted"); before it, the KeyboardInterrupt propagates.
     """
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run_dir to resume")
+    ckpt = load_checkpoint(run_dir) if resume else None  # type: ignore[arg-type]
+    if model_config is None:
+        if ckpt is not None:
+            model_config = IMFConfig(**{k: v for k, v in ckpt["model_settings"].items() if k != "output"})
+        elif cfg.init_from:
+            model_config = bundle_model_settings(cfg.init_from)
     model_cfg = dataclasses.replace(model_config or IMFConfig(), output=cfg.output)
     started = time.monotonic()
     if cfg.threads:
@@ -186,6 +252,10 @@ def train(
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
     model = build_model(dataset, cfg.modalities, model_cfg).to(device)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+    if ckpt is not None:
+        _check_resumable(run_dir, ckpt, cfg, model_cfg, dataset)  # type: ignore[arg-type]
+    elif run_dir is not None:
+        prepare_run_dir(run_dir, overwrite=False)
     log.info(
         "IMF on %s: branches %s, %s parameters, device %s, %s matmuls",
         dataset.name, model.branches, f"{model.num_parameters():,}", device, cfg.precision,
@@ -205,80 +275,129 @@ def train(
     stale = 0
     history: list[dict] = []
     stopped_by = "epochs"
-    deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    first_epoch, train_seconds = 1, 0.0
-    if cfg.init_from:
+    first_epoch, train_seconds, earlier_wall_s = 1, 0.0, 0.0
+    if ckpt is not None:
+        # Everything the next epoch depends on, as the last complete epoch left it; the random
+        # generators last, after building the model drew its initial weights from them.
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        restore_rng_states(ckpt["rng"], rng, gen)
+        best_mrr, best_epoch, stale = float(ckpt["best_mrr"]), int(ckpt["best_epoch"]), int(ckpt["stale"])
+        best_state = ckpt["best_state"]
+        history = [dict(h) for h in ckpt["history"]]
+        first_epoch, train_seconds, earlier_wall_s = int(ckpt["epoch"]) + 1, float(ckpt["train_seconds"]), float(ckpt["wall_s"])
+        log.info("resuming %s after epoch %d (best valid MRR %.4f @ %d)", run_dir, first_epoch - 1, best_mrr, best_epoch)
+    elif cfg.init_from:
         # Continue a run: its weights, its history (epochs and training time go on counting), and
         # its best validation score as the one to beat. Adam's moments start afresh.
         history, first_epoch, train_seconds, best_mrr, best_epoch = _continue_from(cfg.init_from, model)
         best_state = copy.deepcopy(model.state_dict())
         model.to(device)
-    epoch = first_epoch - 1
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        model.train()
-        batches = batch_order(q_rels, cfg.batch_size, cfg.relation_groups, rng)
-        t0 = time.monotonic()
-        seen = 0
-        loss_sum = torch.zeros((), device=device)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, leave=False)
-        out_of_time = False
-        for step, idx in enumerate(bar):
-            ents_np, rels_np = q_ents[idx], q_rels[idx]
-            heads = torch.from_numpy(ents_np).to(device)
-            rels = torch.from_numpy(rels_np).to(device)
-            pos, ans = train_index.pairs(train_index.rows(ents_np, rels_np))
-            answers = (torch.from_numpy(pos).to(device), torch.from_numpy(ans).to(device))
-            loss, _ = training_loss(model, heads, rels, answers, cfg, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(idx)
-            loss_sum += loss.detach() * len(idx)
-            # Reading the loss synchronises a GPU: every 10 steps there, every step on a CPU. A
-            # non-finite loss poisons the running sum, so a periodic check still catches it.
-            if step % 10 == 0 or device.type == "cpu":
-                running = float(loss_sum) / seen
-                if not math.isfinite(running):
-                    raise TrainingDiverged(
-                        f"training diverged: the loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} "
-                        f"(lr {cfg.lr}, precision {cfg.precision}); lower --lr or use --precision fp32. Nothing was written."
-                    )
-                if progress and step % 10 == 0:
-                    rate = seen / max(time.monotonic() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{running:.4f}", q_per_s=f"{rate:.0f}")
-            if time.monotonic() > deadline:
-                out_of_time = True
-                break
-        bar.close()
-        loss_avg = float(loss_sum) / max(seen, 1)
-        if not math.isfinite(loss_avg):  # on a GPU the last steps of an epoch were not checked yet
-            raise TrainingDiverged(f"training diverged: the mean loss of epoch {epoch} is {loss_avg}; lower --lr or use --precision fp32. Nothing was written.")
-        scheduler.step()
-        epoch_s = time.monotonic() - t0
-        record = {"epoch": epoch, "loss": loss_avg, "queries": seen, "seconds": epoch_s, "queries_per_s": seen / max(epoch_s, 1e-9)}
-        train_seconds += epoch_s
-        record["train_s"] = train_seconds  # training wall time so far, validation excluded: learning curves
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
-            m = evaluate(model, valid, known_index, split="valid", batch_size=cfg.eval_batch_size, device=device)
-            record["valid_mrr"] = m["mrr"]
-            record["valid_hits@10"] = m["hits@10"]
-            if m["mrr"] > best_mrr:
-                best_mrr, best_epoch, stale = m["mrr"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-        history.append(record)
-        log.info(
-            "epoch %d: loss %.4f, %.0f queries/s, %.1fs%s",
-            epoch, record["loss"], record["queries_per_s"], epoch_s,
-            f", valid MRR {record['valid_mrr']:.4f} (best {best_mrr:.4f} @ {best_epoch})" if "valid_mrr" in record else "",
+    # The time budget counts the whole run: a resumed one has used part of it already.
+    deadline = started + cfg.max_minutes * 60 - earlier_wall_s if cfg.max_minutes else math.inf
+    if ckpt is not None and time.monotonic() > deadline:
+        raise RunError(
+            f"{run_dir}: the time budget of {cfg.max_minutes:g} minutes is used up ({earlier_wall_s / 60:.1f} so far); pass a larger --max-minutes to go on"
         )
-        if out_of_time:
-            stopped_by = "time budget"
-            break
-        if stale >= cfg.patience:
-            stopped_by = "early stopping"
-            break
+    last_done = first_epoch - 1  # the last complete epoch
+    bar = None
+    try:
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            model.train()
+            batches = batch_order(q_rels, cfg.batch_size, cfg.relation_groups, rng)
+            t0 = time.monotonic()
+            seen = 0
+            loss_sum = torch.zeros((), device=device)
+            lr = float(optimizer.param_groups[0]["lr"])
+            bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, leave=False)
+            out_of_time = False
+            for step, idx in enumerate(bar):
+                ents_np, rels_np = q_ents[idx], q_rels[idx]
+                heads = torch.from_numpy(ents_np).to(device)
+                rels = torch.from_numpy(rels_np).to(device)
+                pos, ans = train_index.pairs(train_index.rows(ents_np, rels_np))
+                answers = (torch.from_numpy(pos).to(device), torch.from_numpy(ans).to(device))
+                loss, _ = training_loss(model, heads, rels, answers, cfg, gen)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                seen += len(idx)
+                loss_sum += loss.detach() * len(idx)
+                # Reading the loss synchronises a GPU: every 10 steps there, every step on a CPU. A
+                # non-finite loss poisons the running sum, so a periodic check still catches it.
+                if step % 10 == 0 or device.type == "cpu":
+                    running = float(loss_sum) / seen
+                    if not math.isfinite(running):
+                        raise TrainingDiverged(
+                            f"training diverged: the loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} "
+                            f"(lr {cfg.lr}, precision {cfg.precision}); lower --lr or use --precision fp32. Nothing was written."
+                        )
+                    if progress and step % 10 == 0:
+                        rate = seen / max(time.monotonic() - t0, 1e-9)
+                        bar.set_postfix(loss=f"{running:.4f}", q_per_s=f"{rate:.0f}")
+                if time.monotonic() > deadline:
+                    out_of_time = True
+                    break
+            bar.close()
+            loss_avg = float(loss_sum) / max(seen, 1)
+            if not math.isfinite(loss_avg):  # on a GPU the last steps of an epoch were not checked yet
+                raise TrainingDiverged(f"training diverged: the mean loss of epoch {epoch} is {loss_avg}; lower --lr or use --precision fp32. Nothing was written.")
+            scheduler.step()
+            epoch_s = time.monotonic() - t0
+            record = {"epoch": epoch, "loss": loss_avg, "queries": seen, "seconds": epoch_s, "queries_per_s": seen / max(epoch_s, 1e-9), "lr": lr}
+            train_seconds += epoch_s
+            record["train_s"] = train_seconds  # training wall time so far, validation excluded: learning curves
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
+                m = evaluate(model, valid, known_index, split="valid", batch_size=cfg.eval_batch_size, device=device)
+                record["valid_mrr"] = m["mrr"]
+                record["valid_hits@10"] = m["hits@10"]
+                if m["mrr"] > best_mrr:
+                    best_mrr, best_epoch, stale = m["mrr"], epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    stale += 1
+            history.append(record)
+            log.info(
+                "epoch %d: loss %.4f, %.0f queries/s, %.1fs%s",
+                epoch, record["loss"], record["queries_per_s"], epoch_s,
+                f", valid MRR {record['valid_mrr']:.4f} (best {best_mrr:.4f} @ {best_epoch})" if "valid_mrr" in record else "",
+            )
+            ended = "time budget" if out_of_time else "early stopping" if stale >= cfg.patience else "epochs" if epoch == cfg.epochs else None
+            if run_dir is not None:
+                save_checkpoint(run_dir, {
+                    "epoch": epoch,
+                    "stopped_by": ended,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_states(rng, gen),
+                    "best_mrr": best_mrr,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "stale": stale,
+                    "history": history,
+                    "train_seconds": train_seconds,
+                    "wall_s": earlier_wall_s + time.monotonic() - started,
+                    "train_config": dataclasses.asdict(cfg),
+                    "model_settings": model_settings(model_cfg),
+                    "dataset": dataset.info(),
+                    "run": dict(run_info or {}),
+                    "library_version": __version__,
+                }, also=(metrics_writer(run_dir / METRICS, history),))
+            last_done = epoch
+            for hook in on_epoch:
+                hook(record)
+            if ended is not None:
+                stopped_by = ended
+                break
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        if best_state is None:
+            raise  # nothing validated yet: no model to keep
+        stopped_by = "interrupted"
+        log.warning("interrupted after epoch %d: keeping the best model so far (epoch %d, valid MRR %.4f)", last_done, best_epoch, best_mrr)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -291,11 +410,32 @@ def train(
         train_config=cfg,
         valid_metrics=valid_metrics,
         history=history,
-        epochs_run=epoch,
+        epochs_run=last_done,
         best_epoch=best_epoch,
         seconds=time.monotonic() - started,
         stopped_by=stopped_by,
+        run_dir=run_dir,
     )
+
+
+def _check_resumable(run_dir: Path, ckpt: Mapping[str, Any], cfg: TrainConfig, model_cfg: IMFConfig, dataset: KGDataset) -> None:
+    """RunError unless `cfg`, `model_cfg` and `dataset` are those of the checkpoint's run
+    (RESUMABLE_CHANGES aside) and the run has epochs left to go."""
+    where = run_dir / "checkpoint.pt"
+    theirs = ckpt["train_config"]
+    mine = dataclasses.asdict(cfg)
+    diff = [f"{k} {theirs.get(k)!r} (the run's) vs {v!r}" for k, v in mine.items() if k not in RESUMABLE_CHANGES and theirs.get(k) != v]
+    theirs_m = ckpt["model_settings"]
+    diff += [f"{k} {theirs_m.get(k)!r} (the run's) vs {v!r}" for k, v in model_settings(model_cfg).items() if theirs_m.get(k) != v]
+    if diff:
+        raise RunError(f"{where}: a resumed run keeps its configuration (only {', '.join(RESUMABLE_CHANGES)} may change): " + "; ".join(diff))
+    if ckpt["dataset"].get("fingerprint") != dataset.info()["fingerprint"]:
+        raise RunError(f"{where}: the dataset {dataset.name!r} has changed since this run started (its fingerprint differs); it cannot be resumed on it")
+    done, ended = int(ckpt["epoch"]), ckpt.get("stopped_by")
+    if ended == "early stopping":
+        raise RunError(f"{where}: this run stopped early at epoch {done} (no better validation MRR in {cfg.patience} runs); its best model is in its bundle, nothing to resume")
+    if done >= cfg.epochs:
+        raise RunError(f"{where}: all {done} epochs of this run are done; pass a larger --epochs to go on")
 
 
 def _continue_from(path: str, model: IMF) -> tuple[list[dict], int, float, float, int]:

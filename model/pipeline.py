@@ -31,17 +31,35 @@ import numpy as np
 
 from model.bundle.calibration import collect_samples, fit_calibration, relation_families
 from model.bundle.feature_map import fit_feature_map
-from model.bundle.format import Bundle, add_extras, check_writable, load_bundle, read_manifest, save_bundle
+from model.bundle.format import (
+    Bundle,
+    add_extras,
+    check_writable,
+    load_bundle,
+    read_manifest,
+    save_bundle,
+)
 from model.bundle.quantize import as_served
 from model.errors import BundleError, DataError, IMFError
-from model.evaluation.predict import Ranked, exhaustive_scores, known_mask, top_k_with_filter
+from model.evaluation.predict import (
+    Ranked,
+    exhaustive_scores,
+    known_mask,
+    top_k_with_filter,
+)
 from model.evaluation.ranking import evaluate
-from model.features.numeric import numeric_normalisation
+from model.features.numeric import attributes_file, numeric_normalisation
+from model.features.prepare import ensure_features
 from model.files import atomic_write
-from model.kg.dataset import KGDataset, load_dataset
+from model.kg.dataset import KGDataset, load_dataset, resolve_dataset
 from model.kg.triples import AnswerIndex, query_relation
 from model.network.imf import IMFConfig
-from model.training.checkpoint import RUN_CONFIG, clear_run_dir, has_checkpoint, prepare_run_dir
+from model.training.checkpoint import (
+    RUN_CONFIG,
+    clear_run_dir,
+    has_checkpoint,
+    prepare_run_dir,
+)
 from model.training.config import TrainConfig
 from model.training.loop import EpochHook, model_settings, train
 from model.training.run_config import ResolvedConfig
@@ -101,6 +119,10 @@ def train_to_bundle(
         overwrite = _written_by_run(out, run_dir)  # its own bundle of an interrupted part
     check_writable(out, overwrite=overwrite)  # fail before hours of training, not after
     model_settings_given = model_config
+    # Features on the way: those the dataset's files call for (attributes.tsv, names and
+    # descriptions) and that were never built; a no-op for the built-in datasets.
+    if ensure_features(cfg.dataset, cfg.modalities) and dataset is not None:
+        dataset = load_dataset(cfg.dataset)  # loaded before they existed
     created = run_dir is not None and not run_dir.exists()
     try:
         if run_dir is not None:
@@ -172,7 +194,9 @@ def train_to_bundle(
         # The calibration (valid split) and the new-entity feature map; the bundle is already
         # complete without them, so a failure here is reported and loses nothing.
         try:
-            fit_extras(path, dataset=cfg.dataset)
+            # With the raw attribute values of an imported dataset, new entities may give
+            # numeric attributes (the feature map keeps their statistics).
+            fit_extras(path, dataset=cfg.dataset, numeric_source=attributes_file(resolve_dataset(cfg.dataset)))
         except Exception as exc:
             log.error("bundle extras not fitted (%s); run: imf bundle extras %s", exc, path)
     return path

@@ -334,7 +334,7 @@ def test_cli_import_prints_summary_and_next_commands(tmp_path: Path, capsys: pyt
     assert code == 0
     assert f"imported 'kg' into {out}" in captured.out
     assert f"imf data check {out}" in captured.out and f"imf train --dataset {out} --out" in captured.out
-    assert "warning: entities.tsv has descriptions for 40 entities but there are no text features" in captured.err
+    assert "warning: entities.tsv has descriptions for 40 entities but no text features yet" in captured.err
     code = cli_main(["data", "import", "--triples", str(g), "--out", str(out)])
     assert code == 2 and "already exists" in capsys.readouterr().err
 

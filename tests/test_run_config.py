@@ -31,7 +31,7 @@ def fake_sizing(monkeypatch) -> dict:
         return dict(FAKE_SIZED)
 
     monkeypatch.setattr(sizing, "sized_settings", sized)
-    monkeypatch.setattr(sizing, "describe_sizing", lambda n, r, t: f"sized for {n} entities")
+    monkeypatch.setattr(sizing, "describe_graph", lambda n, r, t: f"{n} entities")
     return {"calls": calls}
 
 
@@ -151,7 +151,7 @@ def test_print_config_round_trips_with_sources(tiny_dataset: Path, tmp_path: Pat
     assert fake_sizing["calls"] == [(6, 2, 6)]  # the tiny graph: 6 entities, 2 relations, 6 training triples
     # The sizing's own line, then the sized values actually used (batch_size came from the file).
     assert "sized for 6 entities" in caplog.text
-    assert "sized for this graph: lr=0.02, max_minutes=7.5, dim=12, relation_dim=6, input_dropout=0.1 (--no-sizing" in caplog.text
+    assert "sized for 6 entities: lr 0.02, max_minutes 7.5, dim 12, relation_dim 6, input_dropout 0.1 (the rule" in caplog.text
     lines = out.splitlines()
     assert "epochs = 9  # flag" in lines and "batch_size = 5  # config" in lines and 'valid_subset = "none"  # config' in lines
     assert "lr = 0.02  # sized" in lines and "dim = 12  # sized" in lines and "relation_dim = 6  # sized" in lines

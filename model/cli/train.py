@@ -22,10 +22,21 @@ from model.errors import IMFError
 from model.kg.dataset import KGDataset, load_dataset
 from model.network.imf import IMFConfig
 from model.pipeline import train_to_bundle
-from model.training.checkpoint import RunError, default_run_dir, has_checkpoint, load_checkpoint
+from model.training.checkpoint import (
+    RunError,
+    default_run_dir,
+    has_checkpoint,
+    load_checkpoint,
+)
 from model.training.config import TrainConfig
 from model.training.loop import RESUMABLE_CHANGES, bundle_model_settings, model_settings
-from model.training.run_config import ResolvedConfig, read_config_file, resolve, resume_config, sized_defaults
+from model.training.run_config import (
+    ResolvedConfig,
+    read_config_file,
+    resolve,
+    resume_config,
+    sized_defaults,
+)
 from model.training.tracking import TRACKERS
 
 log = logging.getLogger("imf")
@@ -93,13 +104,12 @@ def resolve_new_run(args: argparse.Namespace) -> tuple[ResolvedConfig, KGDataset
     if not args.no_sizing and dataset_name is not None:
         # Features only when training follows (the same load then serves it).
         ds = load_dataset(dataset_name, with_features=not args.print_config)
-        sized, line = sized_defaults(ds.num_entities, ds.num_relations, len(ds.train))
-        if line:
-            log.info("%s", line)
+        sized, graph = sized_defaults(ds.num_entities, ds.num_relations, len(ds.train))
     resolved = resolve(flags=flags, file=file_values, file_name=args.config, sized=sized, bundle_model=bundle_model, require=("dataset",))
     used = resolved.given("sized")
     if used:
-        log.info("sized for this graph: %s (--no-sizing: the plain defaults)", ", ".join(f"{k}={v}" for k, v in used.items()))
+        log.info("sized for %s: %s (the rule: docs/benchmarks.md section 7; --no-sizing: the plain defaults)",
+                 graph, ", ".join(f"{k} {v}" for k, v in used.items()))
     return resolved, ds if not args.print_config else None
 
 

@@ -5,7 +5,8 @@ formed but probably not what was meant.
 
 - the column order looks wrong: values used both as a relation and as an entity, or far more
   relations than a graph of that size has;
-- entity names empty, or shared by far more entities than homonyms explain;
+- entity names empty, or shared by several entities (homonyms: asked by name, they answer with
+  the candidates), or by far more than homonyms explain (a wrong name column);
 - entity text or `attributes.tsv` present but no text / numeric features built from them;
 - entities listed in entities.tsv that occur in no triple.
 """
@@ -88,7 +89,8 @@ def entity_text_counts(root: Path) -> tuple[int, int]:
 
 
 def check_names(ds: KGDataset) -> list[str]:
-    """Entities of entities.tsv without a name; names shared by far more entities than homonyms."""
+    """Entities of entities.tsv without a name; names shared by several entities (homonyms), or by
+    far more than homonyms explain."""
     ent_file = find_file(ds.root, "entities.tsv")
     if ent_file is None:
         return []
@@ -109,7 +111,14 @@ def check_names(ds: KGDataset) -> list[str]:
         if in_shared > SHARED_NAME_FRACTION_MAX * named or count > max(SHARED_NAME_COUNT_MIN, 0.01 * named):
             warnings.append(
                 f"{in_shared:,} of {named:,} named entities share their name with another ({len(shared):,} names); "
-                f"{name!r} is held by {count:,}: a name then resolves to one of them only. Is the name column right?"
+                f"{name!r} is held by {count:,}: far more than homonyms explain. Is the name column right?"
+            )
+        else:
+            # Homonyms: nothing wrong with the data, but a user asking by such a name gets the
+            # candidates (HTTP 409, `imf predict` lists them) instead of an answer.
+            warnings.append(
+                f"{len(shared):,} names are shared by several entities ({in_shared:,} of {named:,}; e.g. {name!r}, {count:,} entities): "
+                "asked by such a name, the service and `imf predict` answer with the candidates' ids; ask by id"
             )
     return warnings
 
@@ -127,12 +136,12 @@ def check_features(ds: KGDataset) -> list[str]:
     described, named = entity_text_counts(root)
     if (described or named) and not (feat / "text.npy").is_file():
         what = f"descriptions for {described:,} entities" if described else f"names for {named:,} entities"
-        warnings.append(f"entities.tsv has {what} but there are no text features: run `imf features text {where}`")
+        warnings.append(f"entities.tsv has {what} but no text features yet: `imf train` builds them (or `imf features text {where}`)")
     attributes = root / "attributes.tsv"
     if attributes.is_file() and not (feat / "numeric.npy").is_file():
         warnings.append(
-            f"attributes.tsv holds {_count_lines(attributes):,} values but there are no numeric features: "
-            f"run `imf features numeric {where}`"
+            f"attributes.tsv holds {_count_lines(attributes):,} values but no numeric features yet: "
+            f"`imf train` builds them (or `imf features numeric {where}`)"
         )
     return warnings
 

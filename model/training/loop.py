@@ -57,8 +57,21 @@ from model.evaluation.ranking import evaluate
 from model.kg.dataset import KGDataset, load_dataset
 from model.kg.triples import AnswerIndex
 from model.network.imf import IMF, STRUCTURE, TRAINING_ONLY_FIELDS, IMFConfig
-from model.network.losses import contrastive_loss, fusion_bce, mixture_cross_entropy, smoothed_targets
-from model.training.checkpoint import METRICS, RunError, load_checkpoint, prepare_run_dir, restore_rng_states, rng_states, save_checkpoint
+from model.network.losses import (
+    contrastive_loss,
+    fusion_bce,
+    mixture_cross_entropy,
+    smoothed_targets,
+)
+from model.training.checkpoint import (
+    METRICS,
+    RunError,
+    load_checkpoint,
+    prepare_run_dir,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 from model.training.config import TrainConfig
 from model.training.tracking import metrics_writer
 

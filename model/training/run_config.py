@@ -46,6 +46,7 @@ from typing import Any
 from model.config import option_fields, option_flag, option_type
 from model.errors import IMFError
 from model.network.imf import IMFConfig
+from model.training import sizing
 from model.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -286,22 +287,14 @@ def _plain(value: Any) -> Any:
 
 
 def sized_defaults(num_entities: int, num_relations: int, num_train: int) -> tuple[dict[str, Any], str]:
-    """(`model.training.sizing.sized_settings` for these sizes, its one-line description).
-    Keys that are not options are dropped with a warning; without the sizing module, no sized
-    values (a warning)."""
-    try:
-        from model.training import sizing
-    except ModuleNotFoundError as exc:
-        if exc.name != "model.training.sizing":
-            raise
-        log.warning("model.training.sizing is not available: no sized defaults, the plain ones apply")
-        return {}, ""
+    """(`model.training.sizing.sized_settings` for these sizes, the graph's size in words).
+    Keys that are not options are dropped with a warning."""
     values = {k: _plain(v) for k, v in sizing.sized_settings(num_entities, num_relations, num_train).items()}
     table = _table()
     unknown = sorted(k for k in values if k not in table)
     if unknown:
         log.warning("sizing returned unknown settings %s; ignored", unknown)
-    return {k: v for k, v in values.items() if k in table}, sizing.describe_sizing(num_entities, num_relations, num_train)
+    return {k: v for k, v in values.items() if k in table}, sizing.describe_graph(num_entities, num_relations, num_train)
 
 
 def _build(cls: type, values: dict[str, Any], sources: dict[str, str], origin: Mapping[str, str]) -> Any:

@@ -51,12 +51,7 @@ def sized_settings(num_entities: int, num_relations: int, num_train: int) -> dic
     }
 
 
-def describe_sizing(num_entities: int, num_relations: int, num_train: int) -> str:
-    """One log line: the graph's size and the settings sized for it."""
-    s = sized_settings(num_entities, num_relations, num_train)
+def describe_graph(num_entities: int, num_relations: int, num_train: int) -> str:
+    """The graph's size in words, as the sizing log line starts: "1,103 entities, ... (small graph)"."""
     kind = "small" if num_train < SMALL_GRAPH_TRIPLES else "large"
-    return (
-        f"sized for {num_entities:,} entities, {num_relations:,} relations, {num_train:,} training triples ({kind} graph): "
-        + ", ".join(f"{k} {v}" for k, v in s.items())
-        + " (docs/benchmarks.md section 7; --no-sizing for the fixed defaults)"
-    )
+    return f"{num_entities:,} entities, {num_relations:,} relations, {num_train:,} training triples ({kind} graph)"

@@ -61,13 +61,49 @@ from model.training.checkpoint import (
     prepare_run_dir,
 )
 from model.training.config import TrainConfig
-from model.training.loop import EpochHook, model_settings, train
-from model.training.run_config import ResolvedConfig
+from model.training.loop import EpochHook, bundle_model_settings, model_settings, train
+from model.training.run_config import (
+    ResolvedConfig,
+    read_config_file,
+    resolve,
+    sized_defaults,
+)
 from model.training.tracking import close_trackers, open_trackers
 
 log = logging.getLogger(__name__)
 
 TOP_METRICS = ("mrr", "hits@1", "hits@3", "hits@10")  # what a manifest keeps of metrics it supersedes
+
+
+def resolve_run(
+    options: Mapping[str, object],
+    *,
+    config_file: str | Path | None = None,
+    sizing: bool = True,
+    load_features: bool = True,
+) -> tuple[ResolvedConfig, KGDataset | None]:
+    """The configuration of a fresh run: each TrainConfig / IMFConfig field from, first match
+    wins, `options` (what the user gave: the command line, or keyword arguments in Python), the
+    TOML `config_file`, the --init-from bundle's model (model fields), the sizing of the graph
+    (model.training.sizing; unless `sizing` is False), else the dataclass default. Returns the
+    resolved configuration (with each value's source) and the dataset when sizing loaded it
+    (with its features if `load_features`), so that training need not load it again."""
+    file_values = read_config_file(config_file) if config_file else {}
+    dataset_name = options.get("dataset", file_values.get("dataset"))
+    init_from = options.get("init_from", file_values.get("init_from"))
+    bundle_model = model_settings(bundle_model_settings(str(init_from))) if init_from else None
+    sized: dict[str, object] = {}
+    graph = ""
+    ds = None
+    if sizing and dataset_name is not None:
+        ds = load_dataset(str(dataset_name), with_features=load_features)
+        sized, graph = sized_defaults(ds.num_entities, ds.num_relations, len(ds.train))
+    resolved = resolve(flags=options, file=file_values, file_name=config_file, sized=sized, bundle_model=bundle_model, require=("dataset",))
+    used = resolved.given("sized")
+    if used:
+        log.info("sized for %s: %s (the rule: docs/benchmarks.md section 7; --no-sizing: the plain defaults)",
+                 graph, ", ".join(f"{k} {v}" for k, v in used.items()))
+    return resolved, ds if load_features else None
 
 
 def train_to_bundle(

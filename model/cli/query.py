@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from model.api import predict as predict_rows
 from model.bundle.format import load_bundle
 from model.config import positive_int
 from model.errors import AmbiguousNameError, shorten
 from model.evaluation.ranking import evaluate, format_report
-from model.pipeline import predict
 
 DESCRIPTION_WIDTH = 70  # characters of a candidate's description `imf predict` prints
 
@@ -63,11 +63,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except AmbiguousNameError as exc:
         return print_candidates(exc, as_json=args.json)
     # Resolved once, by id from here on (an id always resolves to itself).
-    preds = predict(bundle, vocab.entity_ids[e], vocab.relation_ids[r], k=args.k, direction=args.direction, filter_known=not args.keep_known)
-    rows = [
-        {"rank": p.rank, "entity": vocab.entity_ids[p.entity], "name": vocab.entity_names[p.entity], "score": p.score, "known": p.known}
-        for p in preds
-    ]
+    rows = predict_rows(bundle, vocab.entity_ids[e], vocab.relation_ids[r], k=args.k, direction=args.direction, filter_known=not args.keep_known)
     if args.json:
         print(json.dumps({"model": bundle.fingerprint, "predictions": rows}))
         return 0

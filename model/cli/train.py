@@ -19,9 +19,9 @@ import torch
 from model.bundle.format import MANIFEST, check_writable, read_manifest
 from model.config import HelpFormatter, add_arguments, explicit_arguments
 from model.errors import IMFError
-from model.kg.dataset import KGDataset, load_dataset
+from model.kg.dataset import KGDataset
 from model.network.imf import IMFConfig
-from model.pipeline import train_to_bundle
+from model.pipeline import resolve_run, train_to_bundle
 from model.training.checkpoint import (
     RunError,
     default_run_dir,
@@ -29,13 +29,11 @@ from model.training.checkpoint import (
     load_checkpoint,
 )
 from model.training.config import TrainConfig
-from model.training.loop import RESUMABLE_CHANGES, bundle_model_settings, model_settings
+from model.training.loop import RESUMABLE_CHANGES
 from model.training.run_config import (
     ResolvedConfig,
     read_config_file,
-    resolve,
     resume_config,
-    sized_defaults,
 )
 from model.training.tracking import TRACKERS
 
@@ -93,24 +91,10 @@ def given_options(args: argparse.Namespace) -> dict[str, object]:
 
 def resolve_new_run(args: argparse.Namespace) -> tuple[ResolvedConfig, KGDataset | None]:
     """The configuration of a fresh run from the command line, the config file, the
-    --init-from bundle and sizing; and the dataset when sizing loaded it (None otherwise)."""
-    flags = given_options(args)
-    file_values = read_config_file(args.config) if args.config else {}
-    dataset_name = flags.get("dataset", file_values.get("dataset"))
-    init_from = flags.get("init_from", file_values.get("init_from"))
-    bundle_model = model_settings(bundle_model_settings(init_from)) if init_from else None
-    sized: dict[str, object] = {}
-    ds = None
-    if not args.no_sizing and dataset_name is not None:
-        # Features only when training follows (the same load then serves it).
-        ds = load_dataset(dataset_name, with_features=not args.print_config)
-        sized, graph = sized_defaults(ds.num_entities, ds.num_relations, len(ds.train))
-    resolved = resolve(flags=flags, file=file_values, file_name=args.config, sized=sized, bundle_model=bundle_model, require=("dataset",))
-    used = resolved.given("sized")
-    if used:
-        log.info("sized for %s: %s (the rule: docs/benchmarks.md section 7; --no-sizing: the plain defaults)",
-                 graph, ", ".join(f"{k} {v}" for k, v in used.items()))
-    return resolved, ds if not args.print_config else None
+    --init-from bundle and sizing (model.pipeline.resolve_run); and the dataset when sizing
+    loaded it (None otherwise)."""
+    # Features only when training follows (the same load then serves it).
+    return resolve_run(given_options(args), config_file=args.config, sizing=not args.no_sizing, load_features=not args.print_config)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

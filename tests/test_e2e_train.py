@@ -101,7 +101,7 @@ def test_cli_predict_prints_ranked_names(run_dir: Path, capsys) -> None:
     capsys.readouterr()
     assert cli_main(["predict", str(run_dir), "--head", b.vocab.entity_names[h], "--relation", b.vocab.relation_ids[r], "-k", "4"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith(f"({b.vocab.entity_names[h]}, {b.vocab.relation_ids[r]}, ?)")
+    assert lines[0].startswith(f"({b.vocab.entity_names[h]} ({b.vocab.entity_ids[h]}), {b.vocab.relation_ids[r]}, ?)")  # the id beside the name
     assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3", "4"]
     assert cli_main(["predict", str(run_dir), "--head", b.vocab.entity_ids[h], "--relation", b.vocab.relation_ids[r], "-k", "3", "--direction", "head", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)

@@ -58,7 +58,7 @@ def run_specs(dataset: str) -> dict[str, list[str]]:
 def one_run(name: str, extra: list[str], args: argparse.Namespace, out_root: Path) -> dict:
     bundle = out_root / name
     cmd = [
-        sys.executable, "-m", "model", "train", "--dataset", args.dataset, "--out", str(bundle), "--overwrite",
+        sys.executable, "-m", "model", "train", "--dataset", args.dataset, "--out", str(bundle), "--overwrite", "--no-sizing",
         "--epochs", str(args.epochs), "--dim", str(args.dim), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         *(["--relation-dim", str(args.relation_dim)] if args.relation_dim else []),
         "--device", args.device, "--seed", str(args.seed), "--patience", str(args.patience), "--quiet",

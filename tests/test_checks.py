@@ -115,7 +115,7 @@ def test_names_shared_far_beyond_homonyms(tmp_path: Path) -> None:
     # a few homonyms are normal: said as such
     ents = [(e, "Springfield" if i < 2 else f"place {i}", "") for i, e in enumerate(ids)]
     (warning,) = checks.check_names(load_dataset(dataset(tmp_path / "ok", triples, ents)))
-    assert warning.startswith("1 names are shared by several entities (2 of") and "'springfield', 2 entities" in warning
+    assert warning.startswith("1 name is shared by several entities (2 of") and "'springfield', 2 entities" in warning
     ents = [(e, f"place {i}", "") for i, e in enumerate(ids)]
     assert checks.check_names(load_dataset(dataset(tmp_path / "unique", triples, ents))) == []
 
@@ -155,4 +155,4 @@ def test_cli_check_prints_warnings_on_stderr_and_json_on_stdout(tmp_path: Path, 
     assert len(report["warnings"]) == 1 and "occur in no triple" in report["warnings"][0]
     assert f"warning: {report['warnings'][0]}" in captured.err
     assert cli_main(["data", "check", "wn9-img"]) == 0
-    assert [w for w in json.loads(capsys.readouterr().out)["warnings"] if "names are shared" not in w] == []
+    assert [w for w in json.loads(capsys.readouterr().out)["warnings"] if "shared by several entities" not in w] == []

@@ -117,7 +117,7 @@ def check_names(ds: KGDataset) -> list[str]:
             # Homonyms: nothing wrong with the data, but a user asking by such a name gets the
             # candidates (HTTP 409, `imf predict` lists them) instead of an answer.
             warnings.append(
-                f"{len(shared):,} names are shared by several entities ({in_shared:,} of {named:,}; e.g. {name!r}, {count:,} entities): "
+                f"{len(shared):,} {'name is' if len(shared) == 1 else 'names are'} shared by several entities ({in_shared:,} of {named:,}; e.g. {name!r}, {count:,} entities): "
                 "asked by such a name, the service and `imf predict` answer with the candidates' ids; ask by id"
             )
     return warnings

@@ -356,7 +356,12 @@ _EXPECTED = {"kept_in_train_for_coverage"}
 
 def explain_cleaning(cleaning: dict[str, int]) -> list[str]:
     """One line per non-zero count of a cleaning report: '3 repeated triples dropped'."""
-    return [f"{n:,} {_REASONS.get(key, key.replace('_', ' '))}" for key, n in cleaning.items() if n]
+    return [f"{n:,} {_singular(_REASONS.get(key, key.replace('_', ' ')), n)}" for key, n in cleaning.items() if n]
+
+
+def _singular(reason: str, n: int) -> str:
+    """'repeated triples dropped' -> 'repeated triple dropped' for a count of one."""
+    return reason.replace("triples", "triple", 1).replace("rows", "row", 1) if n == 1 else reason
 
 
 def _log_cleaning(cleaning: dict[str, int]) -> None:

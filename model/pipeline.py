@@ -101,7 +101,7 @@ def resolve_run(
     resolved = resolve(flags=options, file=file_values, file_name=config_file, sized=sized, bundle_model=bundle_model, require=("dataset",))
     used = resolved.given("sized")
     if used:
-        log.info("sized for %s: %s (the rule: docs/benchmarks.md section 7; --no-sizing: the plain defaults)",
+        log.info("sized for %s: %s (the rule: docs/benchmarks.md section 8; --no-sizing: the plain defaults)",
                  graph, ", ".join(f"{k} {v}" for k, v in used.items()))
     return resolved, ds if load_features else None
 

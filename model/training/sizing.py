@@ -1,7 +1,7 @@
 """Hyperparameters sized to the graph: what `imf train` uses for every setting the user leaves
 unset (model.training.run_config applies them; `--no-sizing` turns them off).
 
-The rule, measured on five graphs from 1k to 15k entities in docs/benchmarks.md section 7 (each
+The rule, measured on five graphs from 1k to 15k entities in docs/benchmarks.md section 8 (each
 against the best of a small search in the same time):
 
 | training triples T | d   | d_r | batch | lr    | lr decay | dropouts (input, M(r), query) |

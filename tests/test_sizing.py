@@ -35,7 +35,7 @@ def test_sized_settings_are_valid_configs(n: int, r: int, t: int) -> None:
 def test_the_rule_at_its_boundary_and_for_the_measured_graphs() -> None:
     small = sized_settings(1_103, 86, SMALL_GRAPH_TRIPLES - 1)
     large = sized_settings(12_785, 273, SMALL_GRAPH_TRIPLES)
-    assert (small["dim"], small["relation_dim"], small["batch_size"], small["lr"]) == (64, 32, 128, 0.01)
+    assert (small["dim"], small["relation_dim"], small["batch_size"], small["lr"]) == (64, 32, 512, 0.01)
     assert (large["dim"], large["relation_dim"], large["batch_size"], large["lr"]) == (128, 64, 512, 0.003)
     # FB15k-237: the from-scratch recipe of docs/benchmarks.md section 1, and about an hour
     fb = sized_settings(14_505, 237, 272_115)
@@ -61,7 +61,7 @@ def test_imf_train_sizes_what_the_user_left_unset(tiny_dataset, capsys: pytest.C
     cfg = tomllib.loads(out)
     flat = {**cfg.get("training", {}), **cfg.get("model", {})}
     assert flat["dim"] == 16  # given
-    assert flat["lr"] == 0.01 and flat["batch_size"] == 128  # sized (a small graph)
+    assert flat["lr"] == 0.01 and flat["batch_size"] == 512 and flat["max_minutes"] == 20.0  # sized (a small graph)
     assert main(["train", "--dataset", str(tiny_dataset), "--print-config", "--no-sizing"]) == 0
     flat = {**(c := tomllib.loads(capsys.readouterr().out)).get("training", {}), **c.get("model", {})}
     assert flat["dim"] == IMFConfig().dim and flat["lr"] == TrainConfig(dataset="x").lr

@@ -7,7 +7,7 @@ variations of the sized settings (each changes one thing). The search's best is 
 the highest validation MRR; the test MRR of each selected model is measured once, after
 training, and never used to choose.
 
-    python bench/sizing.py --parallel 2                       # all five graphs (about 75 min, 2 cores)
+    python bench/sizing.py --parallel 2                       # all five graphs (about 80 min, 2 cores)
     python bench/sizing.py --graphs fb-1k,wn9-1500 --parallel 2
 
 Graphs: fb-1k and wn9-1500 are cuts of FB15k-237 and WN9-IMG (bench/graphs.py; fb-1k is the
@@ -53,7 +53,8 @@ def variations(sized: dict[str, object], small: bool) -> dict[str, dict[str, obj
     if small:
         out[f"d {d // 2}, d_r {dr // 2}"] = {**sized, "dim": d // 2, "relation_dim": dr // 2}
         out[f"lr {lr * 3:.4g}"] = {**sized, "lr": round(lr * 3, 5)}
-        out["batch 512"] = {**sized, "batch_size": 512}
+        other = 128 if sized["batch_size"] == 512 else 512
+        out[f"batch {other}"] = {**sized, "batch_size": other}
     return out
 
 

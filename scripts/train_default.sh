@@ -50,7 +50,8 @@ small=(--relation-dim 32 --per-query)
   --patience 3 --max-minutes 25 --threads 1 --no-extras
 .venv/bin/imf bundle compact runs/default-stage5 --out artifacts/default --report-test --overwrite
 # The extras of the served weights: the probability calibration (valid split) and the feature
-# map for new entities, with the raw numeric values' statistics when the source file is here
-# (new entities may then give numeric attributes). About 4 minutes.
-numeric=../shared/datasets/FB15k-237/FB15K_NumericalTriples.txt
-.venv/bin/imf bundle extras artifacts/default $([ -f "$numeric" ] && echo --numeric-source "$numeric")
+# map for new entities, with the raw numeric values' statistics when FB15K_NUMERIC names the
+# raw release's FB15K_NumericalTriples.txt (new entities may then give numeric attributes; the
+# committed bundle has them). About 4 minutes.
+numeric=${FB15K_NUMERIC:-}
+.venv/bin/imf bundle extras artifacts/default $([ -n "$numeric" ] && [ -f "$numeric" ] && echo --numeric-source "$numeric")

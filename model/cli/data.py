@@ -23,7 +23,7 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True)
     b = dsub.add_parser("build", help="convert a built-in dataset's raw release into data/NAME")
     b.add_argument("name", choices=BUILTIN_DATASETS)
-    b.add_argument("--source", type=Path, default=None, help="raw datasets folder (default: ../shared/datasets)")
+    b.add_argument("--source", type=Path, default=None, help="folder of the raw releases (default: $IMF_SHARED_DATASETS, else shared/datasets beside the checkout)")
     b.add_argument("--out", type=Path, default=None)
     b.set_defaults(handler=cmd_data_build)
     i = dsub.add_parser(

@@ -1,7 +1,7 @@
 """Converters from the raw public releases of the built-in datasets to the project's format.
 
-`imf data build NAME --source ../shared/datasets` reads the raw files (formats and provenance in
-that folder's SOURCES.md) and writes `data/NAME/` in the format of `model.kg.dataset`. The results are
+`imf data build NAME --source RAW` reads the raw releases (each dataset's `dataset.json` lists
+its sources and licences) from the folder RAW and writes `data/NAME/` in the format of `model.kg.dataset`. The results are
 committed, so users never need the raw files; this module documents exactly how they were made.
 
 Cleaning, always reported in `dataset.json` under "cleaning":
@@ -343,7 +343,8 @@ assert set(READERS) == set(BUILTIN_DATASETS)
 
 
 def default_source_dir() -> Path:
-    """../shared/datasets beside the checkout (present on the project's machines only)."""
+    """$IMF_SHARED_DATASETS, else a `shared/datasets` folder beside the checkout (the project's
+    build machines keep the raw releases there; users never need them)."""
     return Path(os.environ.get("IMF_SHARED_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets"))
 
 

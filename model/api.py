@@ -38,12 +38,16 @@ from model.kg.dataset import KGDataset, load_dataset
 from model.kg.importer import ImportReport
 from model.kg.importer import import_graph as _import_graph
 from model.network.imf import IMFConfig
-from model.pipeline import compact_bundle, fit_extras, resolve_run, train_to_bundle
+from model.pipeline import (
+    compact_bundle,
+    fit_extras,
+    resolve_resume,
+    resolve_run,
+    train_to_bundle,
+)
 from model.pipeline import predict as _predict
-from model.training.checkpoint import default_run_dir, load_checkpoint
+from model.training.checkpoint import default_run_dir
 from model.training.config import TrainConfig
-from model.training.loop import RESUMABLE_CHANGES
-from model.training.run_config import read_config_file, resume_config
 
 __all__ = ["Bundle", "KGDataset", "check", "compact_bundle", "evaluate", "fit_extras", "import_graph", "load_bundle", "load_dataset", "predict", "train"]
 
@@ -90,8 +94,7 @@ def train(
         raise IMFError(f"unknown training option(s) {unknown}; see `imf train --help` (the same names, with _ for -)")
     if resume is not None:
         rdir = Path(resume)
-        resolved = resume_config(load_checkpoint(rdir), flags=options, file=read_config_file(config) if config else {},
-                                 where=rdir / "checkpoint.pt", changeable=RESUMABLE_CHANGES)
+        resolved, _ = resolve_resume(rdir, options, config_file=config)
         ds = None
     else:
         if dataset is None:

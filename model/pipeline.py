@@ -58,14 +58,22 @@ from model.training.checkpoint import (
     RUN_CONFIG,
     clear_run_dir,
     has_checkpoint,
+    load_checkpoint,
     prepare_run_dir,
 )
 from model.training.config import TrainConfig
-from model.training.loop import EpochHook, bundle_model_settings, model_settings, train
+from model.training.loop import (
+    RESUMABLE_CHANGES,
+    EpochHook,
+    bundle_model_settings,
+    model_settings,
+    train,
+)
 from model.training.run_config import (
     ResolvedConfig,
     read_config_file,
     resolve,
+    resume_config,
     sized_defaults,
 )
 from model.training.tracking import close_trackers, open_trackers
@@ -104,6 +112,17 @@ def resolve_run(
         log.info("sized for %s: %s (the rule: docs/benchmarks.md section 8; --no-sizing: the plain defaults)",
                  graph, ", ".join(f"{k} {v}" for k, v in used.items()))
     return resolved, ds if load_features else None
+
+
+def resolve_resume(run_dir: str | Path, options: Mapping[str, object], *, config_file: str | Path | None = None) -> tuple[ResolvedConfig, dict]:
+    """The configuration of a resumed run: the checkpoint's in `run_dir`, with the changes
+    `options` and `config_file` make, refused unless they are among RESUMABLE_CHANGES
+    (model.training.run_config.resume_config). Returns it and the checkpoint."""
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir)
+    file_values = read_config_file(config_file) if config_file else {}
+    resolved = resume_config(ckpt, flags=options, file=file_values, where=run_dir / "checkpoint.pt", changeable=RESUMABLE_CHANGES)
+    return resolved, ckpt
 
 
 def train_to_bundle(

@@ -7,11 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from model.api import evaluate as evaluate_bundle
 from model.api import predict as predict_rows
 from model.bundle.format import load_bundle
 from model.config import positive_int
 from model.errors import AmbiguousNameError, shorten
-from model.evaluation.ranking import evaluate, format_report
+from model.evaluation.ranking import format_report
 
 DESCRIPTION_WIDTH = 70  # characters of a candidate's description `imf predict` prints
 
@@ -28,13 +29,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args.bundle)
-    model = bundle.model.to(args.device)
-    report = evaluate(
-        model, bundle.triples[args.split], bundle.known, split=args.split,
-        batch_size=args.batch_size, device=args.device, progress=not args.quiet and not args.json,
-    )
-    report["model"] = bundle.fingerprint
+    report = evaluate_bundle(args.bundle, args.split, batch_size=args.batch_size, device=args.device, progress=not args.quiet and not args.json)
     if args.json:
         print(json.dumps(report))
     else:

@@ -21,19 +21,16 @@ from model.config import HelpFormatter, add_arguments, explicit_arguments
 from model.errors import IMFError
 from model.kg.dataset import KGDataset
 from model.network.imf import IMFConfig
-from model.pipeline import resolve_run, train_to_bundle
+from model.pipeline import resolve_resume, resolve_run, train_to_bundle
 from model.training.checkpoint import (
     RunError,
     default_run_dir,
     has_checkpoint,
-    load_checkpoint,
 )
 from model.training.config import TrainConfig
 from model.training.loop import RESUMABLE_CHANGES
 from model.training.run_config import (
     ResolvedConfig,
-    read_config_file,
-    resume_config,
 )
 from model.training.tracking import TRACKERS
 
@@ -118,9 +115,7 @@ def _resume(args: argparse.Namespace) -> int:
     run_dir: Path = args.resume
     if args.run_dir is not None and args.run_dir.resolve() != run_dir.resolve():
         raise IMFError(f"--run-dir {args.run_dir} and --resume {run_dir} name different run directories; --resume alone is enough")
-    ckpt = load_checkpoint(run_dir)
-    file_values = read_config_file(args.config) if args.config else {}
-    resolved = resume_config(ckpt, flags=given_options(args), file=file_values, where=run_dir / "checkpoint.pt", changeable=RESUMABLE_CHANGES)
+    resolved, ckpt = resolve_resume(run_dir, given_options(args), config_file=args.config)
     if args.print_config:
         sys.stdout.write(resolved.to_toml(header=f"resuming {run_dir} after epoch {ckpt['epoch']}"))
         return 0

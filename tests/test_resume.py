@@ -159,7 +159,8 @@ def test_ctrl_c_before_any_validation_writes_nothing(tiny_dataset: Path, tmp_pat
 
 def test_the_time_budget_writes_the_bundle_and_counts_the_whole_run(tiny_dataset: Path, tmp_path: Path) -> None:
     out, run = tmp_path / "b", tmp_path / "b.run"
-    cfg = _cfg(tiny_dataset, epochs=100_000, batch_size=2, max_minutes=0.01, contrastive_weight=0.0)
+    # Patience that never runs out: only the budget can stop the run, however fast the machine.
+    cfg = _cfg(tiny_dataset, epochs=100_000, batch_size=2, max_minutes=0.01, contrastive_weight=0.0, patience=10**9)
     path = train_to_bundle(cfg, out, model_config=MODEL, progress=False, run_dir=run, extras=False)
     tr = read_manifest(path)["training"]
     assert tr["stopped_by"] == "time budget" and load_checkpoint(run)["stopped_by"] == "time budget"
@@ -167,7 +168,9 @@ def test_the_time_budget_writes_the_bundle_and_counts_the_whole_run(tiny_dataset
     # The same budget is used up; a larger one goes on from where the run stopped.
     with pytest.raises(RunError, match=r"time budget of 0.01 minutes is used up.*pass a larger --max-minutes"):
         train(cfg, progress=False, run_dir=run, resume=True)
-    more = train(dataclasses.replace(cfg, max_minutes=0.03), progress=False, run_dir=run, resume=True)
+    # A larger budget, by 0.6 s more than the run has used (whatever that was on this machine).
+    more_minutes = load_checkpoint(run)["wall_s"] / 60 + 0.01
+    more = train(dataclasses.replace(cfg, max_minutes=more_minutes), progress=False, run_dir=run, resume=True)
     assert more.stopped_by == "time budget" and more.epochs_run > done
     assert [h["epoch"] for h in more.history] == list(range(1, more.epochs_run + 1))
 

@@ -3,10 +3,10 @@ readable ids), cut from FB15k-237 with the Freebase numeric literals of its enti
 
     python bench/make_example_graph.py --numeric RAW/FB15K_NumericalTriples.txt
 
-The entities: the FB15k-237 entities that have numeric literals, ranked by degree, the 1,500
-most connected skipped (their dense core would make a graph unlike a typical export: 40 triples
-per entity), then taken in order until about 1,100 remain connected to each other; the triples: every FB15k-237 triple (any split)
-between two of them. Ids are the entity names made into slugs (a suffix where two names
+The entities: `bench/graphs.fb_1k` (the FB15k-237 entities with numeric features, ranked by
+degree, the 1,500 most connected skipped: their dense core would make a graph unlike a typical
+export, 40 triples per entity; then taken in order until 1,100 are connected to each other);
+the triples: every FB15k-237 triple (any split) between two of them. Ids are the entity names made into slugs (a suffix where two names
 collide, so shared names stay shared, as in real exports). Deterministic; the output is
 committed (about 0.6 MB), so users never run this.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +24,9 @@ import numpy as np
 
 from model.features.numeric import read_numeric_triples
 from model.kg.dataset import load_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from graphs import fb_1k  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,26 +39,11 @@ def slug(name: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--numeric", type=Path, required=True, help="FB15K_NumericalTriples.txt")
-    ap.add_argument("--entities", type=int, default=1100)
-    ap.add_argument("--skip", type=int, default=1500, help="most connected entities left out")
     ap.add_argument("--out", type=Path, default=ROOT / "examples" / "fb-1k")
     args = ap.parse_args()
-    ds = load_dataset("fb15k-237", with_features=False)
+    ds = load_dataset("fb15k-237")
     values, _ = read_numeric_triples(args.numeric)
-    triples = ds.all_triples()
-    degree = np.bincount(np.r_[triples[:, 0], triples[:, 2]], minlength=ds.num_entities)
-    has_numeric = np.array([e in values for e in ds.entity_ids])
-    ranked = [int(i) for i in np.argsort(-degree, kind="stable") if has_numeric[i]]
-    # Grow the candidate set until the induced, connected part holds about the wanted count.
-    k = args.entities
-    while True:
-        chosen = np.zeros(ds.num_entities, dtype=bool)
-        chosen[ranked[args.skip:args.skip + k]] = True
-        sub = triples[chosen[triples[:, 0]] & chosen[triples[:, 2]]]
-        used = np.unique(np.r_[sub[:, 0], sub[:, 2]])
-        if len(used) >= args.entities or args.skip + k >= len(ranked):
-            break
-        k += 50
+    used, sub = fb_1k(ds)  # the selection (bench/graphs.py), shared with bench/sizing.py
     names = ds.entity_names
     ids: dict[int, str] = {}
     taken: Counter[str] = Counter()

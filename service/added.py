@@ -25,6 +25,7 @@ import math
 import threading
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -35,7 +36,9 @@ from model.errors import NameCandidate
 from model.features.text import encode_texts, entity_text
 from model.kg.names import close_matches
 from model.kg.vocab import name_key
+from model.network.serving import column_tables
 from service.errors import InvalidRequest, Unsupported
+from service.index import EXHAUSTIVE_MAX_ENTITIES
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,13 @@ class View:
 
     @property
     def size(self) -> int:
-        return len(next(iter(self.tables.values())))
+        return len(next(iter(self.tables.values()))) if self.tables else 0
+
+    @cached_property
+    def columns(self) -> dict[str, Tensor]:
+        """The tables as contiguous (d, N + M) copies, the layout exhaustive scoring reads
+        fastest (model.network.serving.column_tables); built once per view, on first use."""
+        return column_tables(self.tables)
 
 
 CONTENT = ("id", "name", "description", "numeric", "text_vector", "model")  # what an added entity is
@@ -85,7 +94,7 @@ class AddedEntities:
         self.branches = self.model.branches
         self.base_tables = base_tables
         self.num_base = bundle.num_entities  # the bundle's entities come first; added ones from here
-        self.view = View(base_tables)
+        self.view = self._warm(View(base_tables))
         self._add_lock = threading.Lock()  # one writer of the view at a time
         self._by_id: dict[str, int] = {}
         self._by_name: dict[str, list[int]] = {}  # name_key -> every added entity of that name, in order added
@@ -154,7 +163,15 @@ class AddedEntities:
         # by `lookup`'s bound check until the view is swapped in.
         self._by_id = {e: self.num_base + i for i, e in enumerate(ids)}
         self._by_name = by_name
-        self.view = View(tables, tuple(ids), tuple(names), tuple(descriptions), generation, tuple(digests))
+        self.view = self._warm(View(tables, tuple(ids), tuple(names), tuple(descriptions), generation, tuple(digests)))
+
+    @staticmethod
+    def _warm(view: View) -> View:
+        """The view with its column tables built when the engine scores it exhaustively (up to
+        EXHAUSTIVE_MAX_ENTITIES entities), so that no request pays for them."""
+        if view.size <= EXHAUSTIVE_MAX_ENTITIES:
+            view.columns  # noqa: B018
+        return view
 
     def check_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None, *, max_text: int) -> None:
         """Validate a new entity before any work: InvalidRequest naming the field."""

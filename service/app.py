@@ -25,7 +25,7 @@ from model import __version__
 from service.handlers import install_error_handlers
 from service.lifespan import Loader, default_loader, lifespan
 from service.metrics import Metrics
-from service.middleware import Admission, ApiKey, BodyLimit, SecurityHeaders, TrustedHost, observer
+from service.middleware import Admission, ApiKey, BodyLimit, Observe, SecurityHeaders, TrustedHost
 from service.routes import entities, explanations, operations, predictions
 from service.routes.operations import OPEN_PATHS, mount_docs_assets
 from service.settings import Settings
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
         app.include_router(resource.router)
     mount_docs_assets(app)
     # Added innermost first: a request meets them in the opposite order (service.middleware).
-    app.middleware("http")(observer(metrics))
+    app.add_middleware(Observe, metrics=metrics)
     app.add_middleware(Admission, get_state=lambda: getattr(app.state, "imf", None))  # only for a whole body, key checked
     app.add_middleware(BodyLimit, settings=settings)  # the whole body in time, before parsing
     app.add_middleware(ApiKey, settings=settings, open_paths=OPEN_PATHS)  # before anything is read

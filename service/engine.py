@@ -39,6 +39,7 @@ from model.bundle.format import Bundle, load_bundle
 from model.evaluation.predict import Ranked, known_mask, top_k_with_filter
 from model.kg.triples import query_relation
 from model.network.imf import IMF
+from model.network.serving import FrozenIMF
 from service.added import AddedEntities, View
 from service.index import DEFAULT_CANDIDATES, DEFAULT_NPROBE, DEFAULT_REFINE_FACTOR, EXACT, EXHAUSTIVE_MAX_ENTITIES, INDEX_DIR, CandidateIndex, resolve_kind
 from service.names import NameResolver
@@ -62,6 +63,16 @@ def _pad(rows: list[np.ndarray]) -> np.ndarray:
     for j, r in enumerate(rows):
         out[j, : len(r)] = r
     return out
+
+
+def _columns(view: View) -> dict[str, Tensor]:
+    """The tables exhaustive scoring reads, (d, N) each: the view's contiguous column copies
+    (a (B, d) x (d, N) product reads them about 3x faster than (N, d) rows, docs/benchmarks.md
+    section 5), or, above EXHAUSTIVE_MAX_ENTITIES entities, where an index serves and no copy
+    is kept, transposed views of the rows."""
+    if view.size <= EXHAUSTIVE_MAX_ENTITIES:
+        return view.columns
+    return {b: t.T for b, t in view.tables.items()}
 
 
 @dataclass
@@ -93,6 +104,7 @@ class Predictor:
         self.num_base = bundle.num_entities  # entities of the bundle (the FAISS index holds these)
         self.num_relations = bundle.num_relations
         self.index_kind = EXACT if index is None else index.kind
+        self.frozen = FrozenIMF(self.model)  # what no query changes: relation matrices, w(r)
         self.added = AddedEntities(bundle, tables)
         self.names = NameResolver(bundle.vocab, self.added)
 
@@ -171,11 +183,12 @@ class Predictor:
 
     @torch.no_grad()
     def _queries(self, entities: list[int], rels: list[int], tables: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], Tensor]:
-        """q_b for a batch: (B, d) each, and w(r): (B, nb)."""
+        """q_b for a batch: (B, d) each, and w(r): (B, nb), from the precomputed relation
+        matrices and weights (`FrozenIMF`)."""
         e = torch.tensor(entities, dtype=torch.long)
         r = torch.tensor(rels, dtype=torch.long)
-        q = self.model.query_vectors(e, r, self.tables if tables is None else tables)
-        return q, self.model.decision_weights(r)
+        q = self.frozen.query_vectors(e, r, self.tables if tables is None else tables)
+        return q, self.frozen.decision_weights(r)
 
     def _known_rows(self, q: Query) -> np.ndarray:
         if q.entity >= self.num_base:  # an added entity has no known facts
@@ -240,12 +253,13 @@ class Predictor:
         bounded chunks, when there is no index)."""
         if not queries:
             return []
-        tables = self.added.view.tables  # one view for the whole batch, whatever is added meanwhile
+        view = self.added.view  # one view for the whole batch, whatever is added meanwhile
+        tables = view.tables
         rels = [self._rel(q) for q in queries]
         qv, w = self._queries([q.entity for q in queries], rels, tables)
         known = [self._known_rows(q) for q in queries]
         if self.index is None or self.candidates >= self.num_base:  # K' covers everything: score it all
-            return self._exhaustive(queries, qv, w, known, tables)
+            return self._exhaustive(queries, qv, w, known, view)
         ids = self.candidates_for(queries, qv, w, known, len(tables[self.branches[0]]))  # (B, M), -1 padded
         valid = ids >= 0
         cand = torch.from_numpy(np.where(valid, ids, 0))
@@ -254,7 +268,7 @@ class Predictor:
             # Softmax branches need each branch's normaliser over all N entities. Up to
             # EXHAUSTIVE_MAX_ENTITIES entities it is computed exactly (the cost of one exhaustive
             # scoring pass, in chunks); above, the candidates' own sum stands in for it.
-            log_norm = self.model.log_normalizers(qv, tables)
+            log_norm = self.frozen.log_normalizers(qv, view.columns)
         _, p = self.model.rescore(qv, w, tables, cand, log_norm=log_norm)  # (B, M) exact fused probabilities
         p = p.numpy()
         out = []
@@ -265,17 +279,17 @@ class Predictor:
             out.append([Ranked(int(ci[t.entity]), t.score, t.rank, t.known) for t in top])
         return out
 
-    def _exhaustive(self, queries: list[Query], qv: dict[str, Tensor], w: Tensor, known: list[np.ndarray], tables: dict[str, Tensor]) -> list[list[Ranked]]:
+    def _exhaustive(self, queries: list[Query], qv: dict[str, Tensor], w: Tensor, known: list[np.ndarray], view: View) -> list[list[Ranked]]:
         """Score every entity for each query, a few queries at a time: the float64 (rows, N)
         probabilities of every branch exist for one chunk only, so a request's peak extra
         memory stays near EXHAUSTIVE_CHUNK_BYTES whatever its batch size."""
-        n, nb = len(tables[self.branches[0]]), len(self.branches)
+        n, nb = view.size, len(self.branches)
         rows = max(1, EXHAUSTIVE_CHUNK_BYTES // (8 * n * (nb + 2)))  # nb branch terms + the sum + logits
+        columns = _columns(view)
         out: list[list[Ranked]] = []
         for start in range(0, len(queries), rows):
             sl = slice(start, start + rows)
-            _, p = self.model.rescore({b: v[sl] for b, v in qv.items()}, w[sl], tables, None)  # (rows, N)
-            p = p.numpy()
+            p = self.frozen.score_all({b: v[sl] for b, v in qv.items()}, w[sl], columns).numpy()  # (rows, N)
             for i, q in enumerate(queries[sl]):
                 out.append(top_k_with_filter(p[i], known_mask(known[start + i], n), q.k, filter_known=q.filter_known))
         return out
@@ -285,20 +299,31 @@ class Predictor:
 
     @torch.no_grad()
     def predict_exhaustive(self, q: Query) -> list[Ranked]:
-        """Score every entity with the full model (the slow, exact baseline), index or not."""
+        """Score every entity with the full model, index or not (the fast exhaustive path)."""
+        view = self.added.view
+        qv, w = self._queries([q.entity], [self._rel(q)], view.tables)
+        return self._exhaustive([q], qv, w, [self._known_rows(q)], view)[0]
+
+    @torch.no_grad()
+    def predict_reference(self, q: Query) -> list[Ranked]:
+        """The slow, obviously correct answer every fast path is checked against: the model's
+        own eval-mode scoring of every entity (IMF.query_vectors and IMF.rescore on the (N, d)
+        tables: nothing precomputed, no other layout), ranked by the same rule."""
         tables = self.added.view.tables
-        qv, w = self._queries([q.entity], [self._rel(q)], tables)
-        return self._exhaustive([q], qv, w, [self._known_rows(q)], tables)[0]
+        e, r = torch.tensor([q.entity]), torch.tensor([self._rel(q)])
+        qv = self.model.query_vectors(e, r, tables)
+        _, p = self.model.rescore(qv, self.model.decision_weights(r), tables, None)
+        p = p[0].numpy()
+        return top_k_with_filter(p, known_mask(self._known_rows(q), len(p)), q.k, filter_known=q.filter_known)
 
     @torch.no_grad()
     def _rank_of(self, q: Query, entity: int) -> Ranked:
         """Where `entity` stands in q's answer over all entities: 1 + the number of entities
         that /predict would list before it (known answers other than it left out when
         q.filter_known; ties broken by entity id, as top_k_with_filter does)."""
-        tables = self.added.view.tables
-        qv, w = self._queries([q.entity], [self._rel(q)], tables)
-        _, p = self.model.rescore(qv, w, tables, None)
-        p = p[0].numpy()
+        view = self.added.view
+        qv, w = self._queries([q.entity], [self._rel(q)], view.tables)
+        p = self.frozen.score_all(qv, w, _columns(view))[0].numpy()  # as /predict scores it
         known = known_mask(self._known_rows(q), len(p))
         ahead = (p > p[entity]) | ((p == p[entity]) & (np.arange(len(p)) < entity))
         if q.filter_known:
@@ -320,12 +345,13 @@ class Predictor:
         else:
             ranked = [self._rank_of(q, tail)]
         cand = torch.tensor([[c.entity for c in ranked]], dtype=torch.long)
-        tables = self.added.view.tables
-        qv, w = self._queries([q.entity], [rel], tables)
+        view = self.added.view
+        qv, w = self._queries([q.entity], [rel], view.tables)
         weights = {b: float(w[0, i]) for i, b in enumerate(self.branches)}
         out = []
         # Each branch's logits against all entities, once, for the per-branch ranks.
-        all_logits = {b: (qv[b] @ tables[b].T)[0] for b in self.branches}  # (N,)
+        columns = _columns(view)
+        all_logits = {b: (qv[b] @ columns[b])[0] for b in self.branches}  # (N,)
         probs = self.model.branch_probabilities({b: v[None] for b, v in all_logits.items()})  # (1, N) each
         for j, c in enumerate(ranked):
             branches = {}

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 
 import anyio
 import faiss
@@ -24,11 +25,14 @@ import torch
 from fastapi import FastAPI
 
 from model.features.text import encode_texts
+from service.answers import encoded_answers
+from service.batcher import Batcher
 from service.cache import Cache, MemoryCache, RedisCache, redacted
 from service.engine import Predictor
 from service.entities import EntityStore, FileStore, RedisStore
 from service.metrics import Metrics
 from service.settings import Settings
+from service.query import Query
 from service.state import AppState
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,20 @@ def make_cache(settings: Settings, metrics: Metrics) -> Cache:
         return RedisCache(settings.redis_url, timeout_s=settings.redis_timeout_s, on_error=metrics.cache_errors.inc)
     log.info("cache: in-process LRU (%d entries, %d MiB); set IMF_REDIS_URL for Redis", settings.cache_size, settings.cache_bytes >> 20)
     return MemoryCache(settings.cache_size, settings.cache_bytes)
+
+
+def make_batcher(state: AppState, predictor: Predictor) -> Batcher[Query, bytes]:
+    """The batcher of cache misses (service.batcher): IMF_BATCH_SIZE queries per pass at most,
+    on the app's IMF_WORKERS worker threads."""
+    settings = state.settings
+    return Batcher(
+        partial(encoded_answers, predictor),
+        limiter=state.limiter,
+        workers=settings.workers,
+        max_batch=settings.batch_size,
+        max_wait_s=settings.batch_wait_ms / 1000,
+        on_batch=state.metrics.batch_size.observe,
+    )
 
 
 def make_store(settings: Settings, predictor: Predictor) -> EntityStore:
@@ -161,6 +179,7 @@ async def load(state: AppState, loader: Loader, tasks: list[asyncio.Task]) -> No
         predictor = await anyio.to_thread.run_sync(loader, settings)
         if settings.allow_new_entities:
             await open_entities(state, predictor, tasks)
+        state.batcher = make_batcher(state, predictor)
         state.predictor = predictor  # from here /ready answers 200
         seconds = time.monotonic() - state.started_at
         state.metrics.ready.set(1)

@@ -5,7 +5,7 @@
     ApiKey           401 before anything is read when IMF_API_KEY is set and not given
     BodyLimit        the whole body within IMF_BODY_TIMEOUT_S (408) and IMF_MAX_BODY_BYTES (413)
     Admission        503 beyond IMF_MAX_PENDING requests in progress
-    observe          request counts and latency by route, for /metrics
+    Observe          request counts and latency by route, for /metrics
 
 Each refuses as early and as cheaply as it can, so that no client without the key, nor one
 that trickles its body, can hold what keyed clients need. Pure ASGI where they answer before the
@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from fastapi import Request, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -239,16 +238,32 @@ class Admission:
             release()
 
 
-def observer(metrics: Metrics) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    """An HTTP middleware function recording each request's count and latency by route."""
+class Observe:
+    """Pure ASGI middleware: each request's count and latency by route, for /metrics (the route
+    template, e.g. /predict, once the router has matched it; "unmatched" otherwise). Pure ASGI,
+    not an `@app.middleware("http")` function: that wraps every request in a task and a stream
+    (about a third of a millisecond per request on the machines measured)."""
 
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-        return response
+        status = 500  # what the client gets when the app fails before starting a response
 
-    return observe
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)

@@ -47,19 +47,37 @@ class NameResolver:
             raise ambiguous(exc, "relation") from exc
         return Query(entity=e, relation=r, direction=direction, k=k, filter_known=filter_known)
 
-    def resolve_entity(self, key: str, *, field: str) -> int:
-        """An entity id, or a name exactly one entity (of the bundle or added) has -> index.
+    def try_resolve(self, head: str, relation: str, *, direction: str, k: int, filter_known: bool, max_k: int | None = None) -> Query | None:
+        """`resolve` for what resolves (an id, or a name one entity has): dictionary lookups
+        only, cheap enough for the event loop. None for anything else, which `resolve` (in a
+        worker: its errors look for close names) answers with the error."""
+        if direction not in DIRECTIONS or k < 1 or (max_k is not None and k > max_k):
+            return None
+        e = self._find_entity(head)
+        r = self.vocab.find_relation(relation)
+        if e is None or r is None:
+            return None
+        return Query(entity=e, relation=r, direction=direction, k=k, filter_known=filter_known)
 
-        Ambiguous naming `field`, with every candidate (the bundle's most connected first, then
-        the added ones in order added), for a shared name; NotFound with close names for none."""
+    def _find_entity(self, key: str) -> int | None:
+        """`resolve_entity(key)` when it resolves, None otherwise (no error built)."""
         if self.vocab.has_entity_id(key):
             return self.vocab.entity(key)
         hit = self.added.lookup_id(key)
         if hit is not None:
             return hit
         base, added = self.vocab.entities_named(key), self.added.named(key)
-        if len(base) + len(added) == 1:
-            return (base or added)[0]
+        return (base or added)[0] if len(base) + len(added) == 1 else None
+
+    def resolve_entity(self, key: str, *, field: str) -> int:
+        """An entity id, or a name exactly one entity (of the bundle or added) has -> index.
+
+        Ambiguous naming `field`, with every candidate (the bundle's most connected first, then
+        the added ones in order added), for a shared name; NotFound with close names for none."""
+        hit = self._find_entity(key)
+        if hit is not None:
+            return hit
+        base, added = self.vocab.entities_named(key), self.added.named(key)
         if base or added:
             shown = base[:MAX_CANDIDATES]
             candidates = self.vocab.entity_candidates(shown) + self.added.candidates(added[: MAX_CANDIDATES - len(shown)])

@@ -20,4 +20,4 @@ class Query:
         """`retrieval` (Predictor.retrieval) names the settings the answer depends on (index
         type, K', nprobe, refinement, extras, added entities), so changing them never serves an
         answer they did not give."""
-        return f"imf:v2:{fingerprint[:16]}:{retrieval}:{self.direction}:{self.entity}:{self.relation}:{self.k}:{int(self.filter_known)}"
+        return f"imf:v3:{fingerprint[:16]}:{retrieval}:{self.direction}:{self.entity}:{self.relation}:{self.k}:{int(self.filter_known)}"

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, le=256, description="intra-op threads per request (IMF_TORCH_THREADS)")
     faiss_threads: int = Field(1, ge=1, le=256, description="OpenMP threads of FAISS (IMF_FAISS_THREADS)")
     workers: int = Field(2, ge=1, le=256, description="requests computed at once, off the event loop (IMF_WORKERS)")
+    batch_size: int = Field(64, ge=1, le=4096, description="most queries scored in one pass: the cache misses of concurrent requests are batched up to this; 1 turns batching off (IMF_BATCH_SIZE)")
+    batch_wait_ms: float = Field(0.0, ge=0, le=100, description="how long a batch waits for more queries while a worker is free; 0: it goes at once, and batches form from what waits while every worker is busy (IMF_BATCH_WAIT_MS)")
     max_pending: int = Field(64, ge=1, le=100_000, description="API requests in progress at once; more get 503 + Retry-After at once (IMF_MAX_PENDING)")
     request_timeout_s: float = Field(10.0, gt=0, le=600, description="longest a request waits for its model job; then 503 + Retry-After (IMF_REQUEST_TIMEOUT_S)")
     keepalive_s: float = Field(30.0, gt=0, le=3600, description="idle keep-alive connections are closed after this long; above common clients' own expiry (httpx 5 s) so a client never reuses a connection the server is closing (IMF_KEEPALIVE_S)")

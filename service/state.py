@@ -12,11 +12,13 @@ from typing import Any
 
 import anyio
 
+from service.batcher import Batcher
 from service.cache import Cache, SingleFlight
 from service.engine import Predictor
 from service.entities import EntityStore
 from service.errors import Overloaded
 from service.metrics import Metrics
+from service.query import Query
 from service.settings import Settings
 
 
@@ -36,6 +38,7 @@ class AppState:
     inflight: int = 0  # admitted API requests not yet answered
     background: set[asyncio.Task] = field(default_factory=set)
     store: EntityStore | None = None  # added entities (IMF_ALLOW_NEW_ENTITIES)
+    batcher: Batcher[Query, bytes] | None = None  # set with the predictor: scores the cache misses
     store_version: str | None = None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -68,6 +71,22 @@ class AppState:
         except asyncio.CancelledError:
             task.cancel()  # the client went away: a job still waiting for a worker is dropped
             raise
+
+    async def batched(self, queries: list[Query]) -> list[bytes]:
+        """The encoded answers of `queries`, scored in one pass with the misses of concurrent
+        requests (service.batcher); 503 + Retry-After as `run` when not done within
+        IMF_REQUEST_TIMEOUT_S (queries whose batch has not started are then left out of it)."""
+        assert self.batcher is not None
+        self.pending += 1
+        self.metrics.pending.set(self.pending)
+        try:
+            return await asyncio.wait_for(self.batcher.submit(queries), self.settings.request_timeout_s)
+        except TimeoutError:
+            self.metrics.shed.labels("timeout").inc()
+            raise Overloaded(f"server busy: the request did not finish within {self.settings.request_timeout_s:g}s; retry shortly") from None
+        finally:
+            self.pending -= 1
+            self.metrics.pending.set(self.pending)
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
         """Run `coro` in the background (cache writes after the response, the entity sync),

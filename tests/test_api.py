@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from model.bundle.format import load_bundle
 from service.app import create_app
 from service.lifespan import default_loader
+from service.schemas import BatchResponse, PredictResponse
 from service.settings import Settings
 from tests.helpers import wait_ready, with_
 
@@ -58,6 +59,25 @@ def test_second_identical_request_is_cached(client: TestClient, names: dict) -> 
     second = client.post("/predict", json=req).json()
     assert first["cached"] is False and second["cached"] is True
     assert first["predictions"] == second["predictions"]
+
+
+def test_responses_match_their_documented_schema_hit_or_miss(client: TestClient, names: dict) -> None:
+    """Answers are spliced from stored bytes and not validated on the way out (service.answers):
+    here they are, strictly, against the schema the OpenAPI document gives, for a miss and for a
+    hit, one query and a batch; a hit differs from its miss only in "cached"."""
+    req = {"head": names["head_id"], "relation": names["relation"], "k": 6, "filter_known": False}
+    miss, hit = (client.post("/predict", json=req) for _ in range(2))
+    for r in (miss, hit):
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert set(r.json()) == set(PredictResponse.model_fields)
+        PredictResponse.model_validate_json(r.content, strict=True)
+    assert {**miss.json(), "cached": True} == hit.json() and miss.json()["cached"] is False
+    batch = client.post("/predict/batch", json={"queries": [req, {**req, "k": 3}]})
+    assert batch.status_code == 200
+    parsed = BatchResponse.model_validate_json(batch.content, strict=True)
+    assert [r.cached for r in parsed.results] == [True, False]
+    assert parsed.results[0].model_dump(mode="json") == hit.json()
+    assert parsed.results[1].predictions == parsed.results[0].predictions[:3]
 
 
 def test_keep_known_flags_known_facts(client: TestClient, names: dict) -> None:

@@ -99,9 +99,10 @@ def test_added_entities_retrieval_path_equals_exhaustive(extras_bundle: Path, tm
     for e in [0, 7, n, n + 2]:  # bundle entities and added ones as query heads
         for direction in ("tail", "head"):
             q = Query(entity=e, relation=1, direction=direction, k=10, filter_known=True)
-            fast = [(r.entity, round(r.score, 12)) for r in p.predict(q)]
-            slow = [(r.entity, round(r.score, 12)) for r in p.predict_exhaustive(q)]
-            assert fast == slow
+            fast, slow = p.predict(q), p.predict_exhaustive(q)
+            assert [(r.entity, r.rank) for r in fast] == [(r.entity, r.rank) for r in slow]
+            # float32 products of other shapes (gathered candidate rows against column tables)
+            assert [r.score for r in fast] == pytest.approx([r.score for r in slow], rel=1e-5)
     # an added entity is a candidate answer: its rank in the exhaustive answer is finite
     q = Query(entity=0, relation=1, direction="tail", k=5, filter_known=True)
     _, (e,) = p.explain(q, n + 1)

@@ -103,6 +103,14 @@ class Vocabulary:
             for i in indices
         ]
 
+    def find_relation(self, key: str) -> int | None:
+        """`relation(key)` when it resolves, None otherwise (no error built: cheap)."""
+        hit = self._relation_index.get(key)
+        if hit is not None:
+            return hit
+        hits = _named(self._relation_by_name, key)
+        return hits[0] if len(hits) == 1 else None
+
     def relation(self, key: str) -> int:
         """Relation index (base, without reciprocal) from an id or an exact name only one
         relation has (AmbiguousNameError for a shared one, UnknownNameError for none)."""

@@ -327,9 +327,12 @@ class IMF(nn.Module):
         """
         if self.cfg.output == "sigmoid":
             return {b: torch.sigmoid(v.double()) for b, v in logits.items()}
-        if log_norm is None:
-            log_norm = {b: torch.logsumexp(v.double(), dim=1) for b, v in logits.items()}
-        return {b: torch.exp(v.double() - log_norm[b][:, None]) for b, v in logits.items()}
+        out = {}
+        for b, v in logits.items():
+            v64 = v.double()  # once per branch: (B, N) float64 copies are the cost here
+            norm = torch.logsumexp(v64, dim=1) if log_norm is None else log_norm[b]
+            out[b] = torch.exp(v64 - norm[:, None])  # not in place: training differentiates this
+        return out
 
     def fuse(self, logits: dict[str, Tensor], weights: Tensor, log_norm: dict[str, Tensor] | None = None) -> Tensor:
         """p = sum_b w_b P_b (float64). logits[b]: (B, K); weights: (B, nb) -> (B, K)."""

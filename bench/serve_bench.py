@@ -46,7 +46,9 @@ import faiss  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+from model.evaluation.predict import known_mask, top_k_with_filter  # noqa: E402
 from service.engine import Predictor  # noqa: E402
+from service.index import EXHAUSTIVE_MAX_ENTITIES  # noqa: E402
 from service.query import Query  # noqa: E402
 from tests.helpers import free_port, wait_ready  # noqa: E402
 
@@ -95,20 +97,33 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str)
     for q in queries:
         p.predict_exhaustive(q)
         p.predict(q)
-    # Both paths answer each query back to back (alternating which goes first), so the ratio is
-    # taken in the same moments of a shared, noisy machine rather than in two separate phases.
+        p.predict_reference(q)
+    # The paths answer each query back to back (rotating which goes first), so the ratios are
+    # taken in the same moments of a shared, noisy machine rather than in separate phases.
+    # "reference" is the model's own scoring, as the engine did it before anything was
+    # precomputed (Predictor.predict_reference); its answers are the ones to keep.
     t_exh: list[float] = []
     t_fast: list[float] = []
+    t_ref: list[float] = []
     exact = []
+    differ, worst = 0, 0.0
+    paths = ("exhaustive", "fast", "reference")
     for i, q in enumerate(queries):
-        for path in (("exhaustive", "fast") if i % 2 == 0 else ("fast", "exhaustive")):
+        for path in paths[i % 3:] + paths[:i % 3]:
             t0 = time.perf_counter()
             if path == "exhaustive":
-                exact.append({x.entity for x in p.predict_exhaustive(q)})
+                got = p.predict_exhaustive(q)
                 t_exh.append(time.perf_counter() - t0)
-            else:
+                exact.append({x.entity for x in got})
+            elif path == "fast":
                 p.predict(q)
                 t_fast.append(time.perf_counter() - t0)
+            else:
+                ref = p.predict_reference(q)
+                t_ref.append(time.perf_counter() - t0)
+        if [(x.entity, x.rank) for x in got] != [(x.entity, x.rank) for x in ref]:
+            differ += 1
+        worst = max([worst, *(abs(a.score - b.score) / max(b.score, 1e-300) for a, b in zip(got, ref))])
     sweep = {}
     for kp in sorted({50, 100, candidates, 2 * candidates}):
         for scheme in ("union", "surrogate"):
@@ -134,6 +149,11 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str)
         "engine_p99_ms": 1000 * pct(t_fast, 99),
         "exhaustive_p50_ms": 1000 * pct(t_exh, 50),
         "exhaustive_p99_ms": 1000 * pct(t_exh, 99),
+        "reference_p50_ms": 1000 * pct(t_ref, 50),
+        "reference_p99_ms": 1000 * pct(t_ref, 99),
+        "exhaustive_vs_reference_differ": differ,
+        "exhaustive_vs_reference_max_rel_score": worst,
+        "ablation": ablation(p, queries) if p.num_entities <= EXHAUSTIVE_MAX_ENTITIES else None,
         "speedup_p50": pct(t_exh, 50) / pct(t_fast, 50),
         "nprobe": p.index.nprobe if p.index is not None else None,
         "refine_factor": p.index.refine_factor if p.index is not None else None,
@@ -145,6 +165,89 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str)
     return out
 
 
+@torch.no_grad()
+def ablation(p: Predictor, queries: list[Query]) -> dict:
+    """What each serving change buys, one query at a time (1 thread), every variant on the same
+    query back to back (rotating the order), each ranked by the same rule:
+
+    reference   the model's own eval-mode scoring (IMF.query_vectors, IMF.rescore on (N, d) rows)
+    +frozen     + relation matrices and w(r) precomputed (model.network.serving.FrozenIMF)
+    +columns    + the tables as contiguous (d, N) copies for the products
+    +one_exp    + one exp pass per softmax row (FrozenIMF.score_all): the engine's exhaustive path
+    bf16        the same with bfloat16 tables and queries (float32 accumulation), measured only:
+                its answers are compared with the float32 ones
+
+    and the per-query cost of scoring B queries together (Predictor.predict_many)."""
+    view = p.added.view
+    tables, columns = view.tables, view.columns
+    columns16 = {b: c.to(torch.bfloat16) for b, c in columns.items()}
+    model, frozen = p.model, p.frozen
+
+    def rank(q: Query, scores: torch.Tensor) -> list:
+        pv = scores[0].numpy()
+        return top_k_with_filter(pv, known_mask(p._known_rows(q), len(pv)), q.k, filter_known=q.filter_known)
+
+    def inputs(q: Query, use_frozen: bool) -> tuple[dict, torch.Tensor]:
+        e, r = torch.tensor([q.entity]), torch.tensor([p._rel(q)])
+        if use_frozen:
+            return frozen.query_vectors(e, r, tables), frozen.decision_weights(r)
+        return model.query_vectors(e, r, tables), model.decision_weights(r)
+
+    def reference(q: Query) -> list:
+        qv, w = inputs(q, False)
+        return rank(q, model.rescore(qv, w, tables, None)[1])
+
+    def plus_frozen(q: Query) -> list:
+        qv, w = inputs(q, True)
+        return rank(q, model.rescore(qv, w, tables, None)[1])
+
+    def plus_columns(q: Query) -> list:
+        qv, w = inputs(q, True)
+        return rank(q, model.fuse({b: qv[b] @ columns[b] for b in p.branches}, w))
+
+    def plus_one_exp(q: Query) -> list:
+        qv, w = inputs(q, True)
+        return rank(q, frozen.score_all(qv, w, columns))
+
+    def bf16(q: Query) -> list:
+        qv, w = inputs(q, True)
+        return rank(q, frozen.score_all({b: v.to(torch.bfloat16) for b, v in qv.items()}, w, columns16))
+
+    variants = {"reference": reference, "+frozen": plus_frozen, "+columns": plus_columns, "+one_exp": plus_one_exp, "bf16": bf16}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    answers: dict[str, list] = {k: [] for k in variants}
+    names = list(variants)
+    for q in queries[:20]:
+        for f in variants.values():
+            f(q)
+    for i, q in enumerate(queries):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            t0 = time.perf_counter()
+            answers[name].append(variants[name](q))
+            times[name].append(time.perf_counter() - t0)
+
+    def same(a: list, b: list) -> int:
+        return sum([(x.entity, x.rank) for x in u] == [(x.entity, x.rank) for x in v] for u, v in zip(a, b))
+
+    out: dict = {"p50_ms": {k: 1000 * pct(v, 50) for k, v in times.items()}}
+    out["identical_top_k_vs_reference"] = {k: same(answers[k], answers["reference"]) for k in names}
+    out["identical_top_k_bf16_vs_float32"] = same(answers["bf16"], answers["+one_exp"])
+    out["queries"] = len(queries)
+    per_query = {}
+    exact = Predictor(p.bundle, None, p.tables, candidates=p.candidates, load_seconds=0)  # the exhaustive path, batched
+    for size in (1, 8, 32):
+        chunks = [queries[i:i + size] for i in range(0, len(queries) - size + 1, size)]
+        if not chunks:
+            continue
+        exact.predict_many(chunks[0])
+        t0 = time.perf_counter()
+        for c in chunks:
+            exact.predict_many(c)
+        per_query[str(size)] = 1000 * (time.perf_counter() - t0) / (len(chunks) * size)
+    out["batched_ms_per_query"] = per_query
+    return out
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -152,11 +255,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def load(base: str, bodies: list[dict], clients: int) -> tuple[list[float], float]:
-    """Send every body once, `clients` at a time; latencies (s) and wall time (s)."""
+async def load(base: str, bodies: list[dict | None], clients: int, answers: dict[int, list] | None = None) -> tuple[list[float], float]:
+    """Send every body once to POST /predict (None: GET /health), `clients` at a time;
+    latencies (s) and wall time (s). `answers` collects each body's (entity, rank, score) list."""
     queue: asyncio.Queue = asyncio.Queue()
-    for b in bodies:
-        queue.put_nowait(b)
+    for item in enumerate(bodies):
+        queue.put_nowait(item)
     latencies: list[float] = []
     errors = 0
 
@@ -164,14 +268,16 @@ async def load(base: str, bodies: list[dict], clients: int) -> tuple[list[float]
         nonlocal errors
         while True:
             try:
-                body = queue.get_nowait()
+                i, body = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
             t0 = time.perf_counter()
-            r = await http.post("/predict", json=body)
+            r = await (http.get("/health") if body is None else http.post("/predict", json=body))
             latencies.append(time.perf_counter() - t0)
             if r.status_code != 200:
                 errors += 1
+            elif answers is not None and body is not None:
+                answers[i] = [(x["entity"], x["rank"], x["score"]) for x in r.json()["predictions"]]
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
@@ -183,24 +289,29 @@ async def load(base: str, bodies: list[dict], clients: int) -> tuple[list[float]
     return latencies, wall
 
 
-def http_phase(bundle: Path, names: list[dict], warmup: list[dict], env_extra: dict[str, str]) -> dict:
+def http_phase(bundle: Path, names: list[dict], warmup: list[dict], env_extra: dict[str, str], repo: Path = REPO) -> dict:
+    """The server of `repo` (this checkout, or another one to compare with) on `bundle`."""
     port = free_port()
     env = {**os.environ, "IMF_PORT": str(port), "IMF_HOST": "127.0.0.1", "IMF_LOG_LEVEL": "warning", **env_extra}
     env.pop("IMF_REDIS_URL", None) if "IMF_REDIS_URL" not in env_extra else None
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "service", str(bundle)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "service", str(bundle)], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
+    answers: dict[int, list] = {}
     try:
         wait_ready(base, 3600, proc=proc)  # generous: a million-entity bundle loads for minutes
         ready_s = time.monotonic() - t0
         rss_ready = rss_mb(proc.pid)
         # Warm-up with other queries (validation triples), so the measured misses stay misses.
         asyncio.run(load(base, warmup, 1))
+        health, _ = asyncio.run(load(base, [None] * 200, 1))
         half = len(names) // 2
         rounds = {}
-        for clients, bodies in ((1, names[:half]), (32, names[half:])):
-            miss, wall_miss = asyncio.run(load(base, bodies, clients))
+        for clients, offset, bodies in ((1, 0, names[:half]), (32, half, names[half:])):
+            got: dict[int, list] = {}
+            miss, wall_miss = asyncio.run(load(base, bodies, clients, got))
             hit, wall_hit = asyncio.run(load(base, bodies, clients))
+            answers.update({offset + i: v for i, v in got.items()})
             rounds[f"{clients}_clients"] = {
                 "miss_p50_ms": 1000 * pct(miss, 50), "miss_p99_ms": 1000 * pct(miss, 99), "miss_rps": len(bodies) / wall_miss,
                 "hit_p50_ms": 1000 * pct(hit, 50), "hit_p99_ms": 1000 * pct(hit, 99), "hit_rps": len(bodies) / wall_hit,
@@ -210,7 +321,15 @@ def http_phase(bundle: Path, names: list[dict], warmup: list[dict], env_extra: d
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    return {"time_to_ready_s": ready_s, "rss_ready_mb": rss_ready, "rss_after_load_mb": rss_after, **rounds}
+    return {"time_to_ready_s": ready_s, "rss_ready_mb": rss_ready, "rss_after_load_mb": rss_after, "health_p50_ms": 1000 * pct(health, 50),
+            **rounds, "answers": [answers[i] for i in range(len(names))]}
+
+
+def compare_answers(new: list[list], old: list[list]) -> dict:
+    """Queries whose ranked entities differ, and the largest relative score difference."""
+    differ = sum([(e, r) for e, r, _ in a] != [(e, r) for e, r, _ in b] for a, b in zip(new, old))
+    worst = max((abs(x[2] - y[2]) / max(abs(y[2]), 1e-300) for a, b in zip(new, old) for x, y in zip(a, b)), default=0.0)
+    return {"queries": len(new), "differ": differ, "max_rel_score": worst}
 
 
 def main() -> int:
@@ -226,6 +345,8 @@ def main() -> int:
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--engine-index", default="flat", help="index of the engine phase (recall and speed of retrieval; default flat)")
     ap.add_argument("--http-index", default="auto", help="IMF_INDEX of the server in the HTTP phase (default auto, the service default)")
+    ap.add_argument("--baseline-repo", type=Path, default=None, help="another checkout (e.g. `git worktree add /tmp/base REF`) whose server is measured first, in the same run, and whose answers are compared")
+    ap.add_argument("--compare-unbatched", action="store_true", help="also measure this server with IMF_BATCH_SIZE=1 (no batching)")
     args = ap.parse_args()
     if args.synthetic:
         from bench.synthetic import make_synthetic
@@ -271,8 +392,19 @@ def main() -> int:
         warmup = bodies_of(valid[rng.choice(len(valid), min(100, len(valid)), replace=False)])
         del b
         gc.collect()
-        result["http"] = http_phase(bundle, bodies, warmup, {"IMF_CANDIDATES": str(args.candidates), "IMF_INDEX": args.http_index})
+        env = {"IMF_CANDIDATES": str(args.candidates), "IMF_INDEX": args.http_index}
+        # One server at a time, in this order, so that a comparison is taken in one run.
+        servers = {}
+        if args.baseline_repo is not None:
+            servers["baseline"] = http_phase(bundle, bodies, warmup, env, repo=args.baseline_repo.resolve())
+        if args.compare_unbatched:
+            servers["unbatched"] = http_phase(bundle, bodies, warmup, {**env, "IMF_BATCH_SIZE": "1"})
+        result["http"] = http_phase(bundle, bodies, warmup, env)
         result["http"]["index"] = args.http_index
+        for name, other in servers.items():
+            other["answers_vs_this"] = compare_answers(result["http"]["answers"], other.pop("answers"))
+        result["http"].pop("answers")
+        result["http_compared"] = servers
     out = REPO / "bench" / "results" / f"serve-{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -284,17 +416,30 @@ def main() -> int:
     print(f"| recall@10 sweep | {', '.join(f'{k}: {v:.4f}' for k, v in e['recall_at_10'].items())} |")
     print(f"| engine p50 / p99, retrieve + rescore | {e['engine_p50_ms']:.2f} / {e['engine_p99_ms']:.2f} ms |")
     print(f"| engine p50 / p99, exhaustive (baseline) | {e['exhaustive_p50_ms']:.2f} / {e['exhaustive_p99_ms']:.2f} ms |")
+    print(f"| engine p50 / p99, reference (the model's own scoring, nothing precomputed) | {e['reference_p50_ms']:.2f} / {e['reference_p99_ms']:.2f} ms |")
+    print(f"| exhaustive vs reference: queries whose top 10 differ, max relative score difference | {e['exhaustive_vs_reference_differ']} of {e['queries']}, {e['exhaustive_vs_reference_max_rel_score']:.1e} |")
+    ab = e.get("ablation")
+    if ab:
+        ref = ab["p50_ms"]["reference"]
+        for k, v in ab["p50_ms"].items():
+            print(f"| ablation p50, {k} | {v:.2f} ms ({ref / v:.2f}x the reference), identical top k: {ab['identical_top_k_vs_reference'][k]} of {ab['queries']} |")
+        print(f"| bf16 tables: identical top k vs float32 | {ab['identical_top_k_bf16_vs_float32']} of {ab['queries']} |")
+        print(f"| batched, ms per query at B = 1 / 8 / 32 | {' / '.join(f'{v:.2f}' for v in ab['batched_ms_per_query'].values())} |")
     print(f"| speed-up at p50 | {e['speedup_p50']:.1f}x |")
     for nprobe, r in e["nprobe_sweep"].items():
         print(f"| nprobe {nprobe}: recall@10 (union, K'={args.candidates}), engine p50 | {r['recall_at_10']:.4f}, {r['p50_ms']:.2f} ms |")
     print(f"| start-up: first (builds index) / later (loads it) | {e['first_start_s']:.1f} s / {e['later_start_s']:.1f} s |")
     if "http" in result:
-        h = result["http"]
-        print(f"| server (IMF_INDEX={h['index']}): time to /ready, RSS | {h['time_to_ready_s']:.1f} s, {h['rss_after_load_mb']:.0f} MB |")
-        for c in ("1_clients", "32_clients"):
-            r = h[c]
-            print(f"| HTTP {c.replace('_', ' ')}: miss p50 / p99, req/s | {r['miss_p50_ms']:.1f} / {r['miss_p99_ms']:.1f} ms, {r['miss_rps']:.0f}/s |")
-            print(f"| HTTP {c.replace('_', ' ')}: hit p50 / p99, req/s | {r['hit_p50_ms']:.1f} / {r['hit_p99_ms']:.1f} ms, {r['hit_rps']:.0f}/s |")
+        for label, h in [("this", result["http"]), *result["http_compared"].items()]:
+            print(f"| [{label}] server (IMF_INDEX={args.http_index}): time to /ready, RSS | {h['time_to_ready_s']:.1f} s, {h['rss_after_load_mb']:.0f} MB |")
+            print(f"| [{label}] HTTP 1 client: GET /health p50 | {h['health_p50_ms']:.2f} ms |")
+            for c in ("1_clients", "32_clients"):
+                r = h[c]
+                print(f"| [{label}] HTTP {c.replace('_', ' ')}: miss p50 / p99, req/s | {r['miss_p50_ms']:.2f} / {r['miss_p99_ms']:.1f} ms, {r['miss_rps']:.0f}/s |")
+                print(f"| [{label}] HTTP {c.replace('_', ' ')}: hit p50 / p99, req/s | {r['hit_p50_ms']:.2f} / {r['hit_p99_ms']:.1f} ms, {r['hit_rps']:.0f}/s |")
+            if "answers_vs_this" in h:
+                a = h["answers_vs_this"]
+                print(f"| [{label}] answers vs this server: queries whose top 10 differ, max relative score difference | {a['differ']} of {a['queries']}, {a['max_rel_score']:.1e} |")
     print(f"\nmachine: {result['machine']}; wrote {out}")
     return 0
 

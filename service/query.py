@@ -19,5 +19,6 @@ class Query:
     def cache_key(self, fingerprint: str, retrieval: str = "exact") -> str:
         """`retrieval` (Predictor.retrieval) names the settings the answer depends on (index
         type, K', nprobe, refinement, extras, added entities), so changing them never serves an
-        answer they did not give."""
+        answer they did not give. v3: the value is the answer's compact JSON bytes, served
+        as stored (service.answers); entries of earlier versions are never read."""
         return f"imf:v3:{fingerprint[:16]}:{retrieval}:{self.direction}:{self.entity}:{self.relation}:{self.k}:{int(self.filter_known)}"

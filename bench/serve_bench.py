@@ -15,10 +15,14 @@ Phases (same queries throughout: test triples, tail and head prediction alternat
    scoring (the same filtered top 10), for K' in a sweep and both candidate schemes, and the
    per-query latency of both paths, interleaved query by query (exhaustive = what the reference
    implementation does), and for IVF indexes an nprobe sweep;
-2. HTTP, the real server process (`python -m service`), default settings, in-process cache:
-   time to /ready, resident memory, 100 warm-up requests (validation triples), then p50/p99
-   latency and requests/s for cache misses and cache hits with 1 client and with 32 concurrent
-   clients (httpx, on the same 2 cores).
+2. app time: bench/app_time.py, the app called in-process through ASGI (no network, no client):
+   GET /health, /predict misses and hits, one at a time;
+3. HTTP, the real server process (`python -m service`), default settings, in-process cache:
+   time to /ready, resident memory, 100 warm-up requests (validation triples), GET /health,
+   then p50/p99 latency and requests/s for cache misses and cache hits with 1 client and with
+   32 concurrent clients (httpx, on the same 2 cores). With --baseline-repo (another checkout)
+   and --compare-unbatched, those servers run beside this one and every round gives each of
+   them the same queries in turn; their answers are compared with this server's.
 
 Prints a markdown table and writes bench/results/serve-NAME.json.
 """
@@ -289,47 +293,88 @@ async def load(base: str, bodies: list[dict | None], clients: int, answers: dict
     return latencies, wall
 
 
-def http_phase(bundle: Path, names: list[dict], warmup: list[dict], env_extra: dict[str, str], repo: Path = REPO) -> dict:
-    """The server of `repo` (this checkout, or another one to compare with) on `bundle`."""
+def start_server(bundle: Path, env_extra: dict[str, str], repo: Path) -> tuple[subprocess.Popen, str, float, float]:
+    """The server of `repo` (this checkout, or another one to compare with) on `bundle`, ready:
+    (process, base URL, seconds to /ready, resident MB then)."""
     port = free_port()
     env = {**os.environ, "IMF_PORT": str(port), "IMF_HOST": "127.0.0.1", "IMF_LOG_LEVEL": "warning", **env_extra}
     env.pop("IMF_REDIS_URL", None) if "IMF_REDIS_URL" not in env_extra else None
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "service", str(bundle)], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    answers: dict[int, list] = {}
     try:
         wait_ready(base, 3600, proc=proc)  # generous: a million-entity bundle loads for minutes
-        ready_s = time.monotonic() - t0
-        rss_ready = rss_mb(proc.pid)
-        # Warm-up with other queries (validation triples), so the measured misses stay misses.
-        asyncio.run(load(base, warmup, 1))
-        health, _ = asyncio.run(load(base, [None] * 200, 1))
-        half = len(names) // 2
-        rounds = {}
-        for clients, offset, bodies in ((1, 0, names[:half]), (32, half, names[half:])):
-            got: dict[int, list] = {}
-            miss, wall_miss = asyncio.run(load(base, bodies, clients, got))
-            hit, wall_hit = asyncio.run(load(base, bodies, clients))
-            answers.update({offset + i: v for i, v in got.items()})
-            rounds[f"{clients}_clients"] = {
-                "miss_p50_ms": 1000 * pct(miss, 50), "miss_p99_ms": 1000 * pct(miss, 99), "miss_rps": len(bodies) / wall_miss,
-                "hit_p50_ms": 1000 * pct(hit, 50), "hit_p99_ms": 1000 * pct(hit, 99), "hit_rps": len(bodies) / wall_hit,
-                "requests": len(bodies),
-            }
-        rss_after = rss_mb(proc.pid)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, base, time.monotonic() - t0, rss_mb(proc.pid)
+
+
+def http_phase(bundle: Path, names: list[dict], warmup: list[dict], servers: dict[str, tuple[Path, dict[str, str]]], rounds: int = 3) -> dict[str, dict]:
+    """Every server of `servers` (name -> (checkout, extra IMF_* variables)) started together,
+    then measured in turns: `rounds` rounds, each giving every server, one after the other, the
+    same fresh slice of `names` (each server has its own cache, so they are misses for each),
+    first with 1 client (misses, then the same again: hits), then with 32 clients. Taking turns
+    within each round keeps a busy or quiet moment of a shared machine from landing on one
+    server only. Latencies are pooled over the rounds; req/s is requests over summed wall time."""
+    running: dict[str, tuple[subprocess.Popen, str]] = {}
+    out: dict[str, dict] = {}
+    try:
+        for name, (repo, env) in servers.items():
+            proc, base, ready_s, rss_ready = start_server(bundle, env, repo)
+            running[name] = (proc, base)
+            out[name] = {"time_to_ready_s": ready_s, "rss_ready_mb": rss_ready, "answers": [None] * len(names)}
+        for name, (_, base) in running.items():
+            # Warm-up with other queries (validation triples), so the measured misses stay misses.
+            asyncio.run(load(base, warmup, 1))
+            out[name]["health_p50_ms"] = 1000 * pct(asyncio.run(load(base, [None] * 200, 1))[0], 50)
+        samples = {n: {c: {"miss": [], "hit": [], "miss_wall": 0.0, "hit_wall": 0.0, "requests": 0} for c in (1, 32)} for n in running}
+        per_round = len(names) // rounds
+        for r in range(rounds):
+            chunk = names[r * per_round:(r + 1) * per_round]
+            half = len(chunk) // 2
+            for clients, offset, bodies in ((1, r * per_round, chunk[:half]), (32, r * per_round + half, chunk[half:])):
+                for name, (_, base) in running.items():
+                    got: dict[int, list] = {}
+                    miss, wall_miss = asyncio.run(load(base, bodies, clients, got))
+                    hit, wall_hit = asyncio.run(load(base, bodies, clients))
+                    s = samples[name][clients]
+                    s["miss"] += miss
+                    s["hit"] += hit
+                    s["miss_wall"] += wall_miss
+                    s["hit_wall"] += wall_hit
+                    s["requests"] += len(bodies)
+                    for i, v in got.items():
+                        out[name]["answers"][offset + i] = v
+        for name, (proc, _) in running.items():
+            out[name]["rss_after_load_mb"] = rss_mb(proc.pid)
+            for clients, s in samples[name].items():
+                out[name][f"{clients}_clients"] = {
+                    "miss_p50_ms": 1000 * pct(s["miss"], 50), "miss_p99_ms": 1000 * pct(s["miss"], 99), "miss_rps": s["requests"] / s["miss_wall"],
+                    "hit_p50_ms": 1000 * pct(s["hit"], 50), "hit_p99_ms": 1000 * pct(s["hit"], 99), "hit_rps": s["requests"] / s["hit_wall"],
+                    "requests": s["requests"],
+                }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-    return {"time_to_ready_s": ready_s, "rss_ready_mb": rss_ready, "rss_after_load_mb": rss_after, "health_p50_ms": 1000 * pct(health, 50),
-            **rounds, "answers": [answers[i] for i in range(len(names))]}
+        for proc, _ in running.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in running.values():
+            proc.wait(60)
+    return out
+
+
+def app_time(bundle: Path, repo: Path, requests: int = 300) -> dict:
+    """bench/app_time.py run on the app of `repo`: in-process ASGI, no network (p50 / p99 ms)."""
+    cmd = [sys.executable, str(REPO / "bench" / "app_time.py"), "--bundle", str(bundle.resolve()), "--requests", str(requests)]
+    run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def compare_answers(new: list[list], old: list[list]) -> dict:
     """Queries whose ranked entities differ, and the largest relative score difference."""
-    differ = sum([(e, r) for e, r, _ in a] != [(e, r) for e, r, _ in b] for a, b in zip(new, old))
-    worst = max((abs(x[2] - y[2]) / max(abs(y[2]), 1e-300) for a, b in zip(new, old) for x, y in zip(a, b)), default=0.0)
-    return {"queries": len(new), "differ": differ, "max_rel_score": worst}
+    pairs = [(a, b) for a, b in zip(new, old) if a is not None and b is not None]
+    differ = sum([(e, r) for e, r, _ in a] != [(e, r) for e, r, _ in b] for a, b in pairs)
+    worst = max((abs(x[2] - y[2]) / max(abs(y[2]), 1e-300) for a, b in pairs for x, y in zip(a, b)), default=0.0)
+    return {"queries": len(pairs), "differ": differ, "max_rel_score": worst}
 
 
 def main() -> int:
@@ -346,6 +391,7 @@ def main() -> int:
     ap.add_argument("--engine-index", default="flat", help="index of the engine phase (recall and speed of retrieval; default flat)")
     ap.add_argument("--http-index", default="auto", help="IMF_INDEX of the server in the HTTP phase (default auto, the service default)")
     ap.add_argument("--baseline-repo", type=Path, default=None, help="another checkout (e.g. `git worktree add /tmp/base REF`) whose server is measured first, in the same run, and whose answers are compared")
+    ap.add_argument("--rounds", type=int, default=3, help="HTTP rounds; each gives every server a fresh slice of the queries in turn")
     ap.add_argument("--compare-unbatched", action="store_true", help="also measure this server with IMF_BATCH_SIZE=1 (no batching)")
     args = ap.parse_args()
     if args.synthetic:
@@ -393,18 +439,21 @@ def main() -> int:
         del b
         gc.collect()
         env = {"IMF_CANDIDATES": str(args.candidates), "IMF_INDEX": args.http_index}
-        # One server at a time, in this order, so that a comparison is taken in one run.
-        servers = {}
+        servers: dict[str, tuple[Path, dict[str, str]]] = {"this": (REPO, env)}
         if args.baseline_repo is not None:
-            servers["baseline"] = http_phase(bundle, bodies, warmup, env, repo=args.baseline_repo.resolve())
+            servers["baseline"] = (args.baseline_repo.resolve(), env)
         if args.compare_unbatched:
-            servers["unbatched"] = http_phase(bundle, bodies, warmup, {**env, "IMF_BATCH_SIZE": "1"})
-        result["http"] = http_phase(bundle, bodies, warmup, env)
+            servers["unbatched"] = (REPO, {**env, "IMF_BATCH_SIZE": "1"})
+        app_times = {name: app_time(bundle, repo) for name, (repo, _) in servers.items() if name != "unbatched"}
+        measured = http_phase(bundle, bodies, warmup, servers, rounds=args.rounds)
+        for name, t in app_times.items():
+            measured[name]["app_time"] = t
+        result["http"] = measured.pop("this")
         result["http"]["index"] = args.http_index
-        for name, other in servers.items():
+        for other in measured.values():
             other["answers_vs_this"] = compare_answers(result["http"]["answers"], other.pop("answers"))
         result["http"].pop("answers")
-        result["http_compared"] = servers
+        result["http_compared"] = measured
     out = REPO / "bench" / "results" / f"serve-{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -433,6 +482,10 @@ def main() -> int:
         for label, h in [("this", result["http"]), *result["http_compared"].items()]:
             print(f"| [{label}] server (IMF_INDEX={args.http_index}): time to /ready, RSS | {h['time_to_ready_s']:.1f} s, {h['rss_after_load_mb']:.0f} MB |")
             print(f"| [{label}] HTTP 1 client: GET /health p50 | {h['health_p50_ms']:.2f} ms |")
+            if "app_time" in h:
+                t = h["app_time"]
+                print(f"| [{label}] app time p50 (in-process ASGI, no network): /health, hit (+ over /health), miss | "
+                      f"{t['health_50_ms']:.3f}, {t['hit_50_ms']:.3f} (+{t['hit_50_ms'] - t['health_50_ms']:.3f}), {t['miss_50_ms']:.2f} ms |")
             for c in ("1_clients", "32_clients"):
                 r = h[c]
                 print(f"| [{label}] HTTP {c.replace('_', ' ')}: miss p50 / p99, req/s | {r['miss_p50_ms']:.2f} / {r['miss_p99_ms']:.1f} ms, {r['miss_rps']:.0f}/s |")

@@ -346,8 +346,12 @@ def http_phase(bundle: Path, names: list[dict], warmup: list[dict], servers: dic
                     s["requests"] += len(bodies)
                     for i, v in got.items():
                         out[name]["answers"][offset + i] = v
-        for name, (proc, _) in running.items():
+        for name, (proc, base) in running.items():
             out[name]["rss_after_load_mb"] = rss_mb(proc.pid)
+            metrics = httpx.get(f"{base}/metrics").text
+            found = dict(line.split(" ", 1) for line in metrics.splitlines() if line.startswith(("imf_batch_queries_sum", "imf_batch_queries_count")))
+            if found:  # servers with the batcher: queries per scoring pass, over the whole run
+                out[name]["mean_batch_queries"] = float(found["imf_batch_queries_sum"]) / max(1.0, float(found["imf_batch_queries_count"]))
             for clients, s in samples[name].items():
                 out[name][f"{clients}_clients"] = {
                     "miss_p50_ms": 1000 * pct(s["miss"], 50), "miss_p99_ms": 1000 * pct(s["miss"], 99), "miss_rps": s["requests"] / s["miss_wall"],
@@ -490,6 +494,8 @@ def main() -> int:
                 r = h[c]
                 print(f"| [{label}] HTTP {c.replace('_', ' ')}: miss p50 / p99, req/s | {r['miss_p50_ms']:.2f} / {r['miss_p99_ms']:.1f} ms, {r['miss_rps']:.0f}/s |")
                 print(f"| [{label}] HTTP {c.replace('_', ' ')}: hit p50 / p99, req/s | {r['hit_p50_ms']:.2f} / {r['hit_p99_ms']:.1f} ms, {r['hit_rps']:.0f}/s |")
+            if "mean_batch_queries" in h:
+                print(f"| [{label}] queries per scoring pass, mean over the run | {h['mean_batch_queries']:.1f} |")
             if "answers_vs_this" in h:
                 a = h["answers_vs_this"]
                 print(f"| [{label}] answers vs this server: queries whose top 10 differ, max relative score difference | {a['differ']} of {a['queries']}, {a['max_rel_score']:.1e} |")

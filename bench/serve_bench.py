@@ -82,18 +82,27 @@ def recall(p: Predictor, queries: list[Query], exact: list[set[int]]) -> tuple[f
     return hits / max(1, sum(len(e) for e in exact)), 1000 * pct(times, 50)
 
 
-def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str) -> dict:
+def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str, *, settings: dict | None = None, keep_index: bool = False,
+                 refine_sweep: tuple[int, ...] = (), calibration_from: Path | None = None) -> dict:
+    """settings: nprobe / refine_factor for Predictor.load (service defaults when absent);
+    keep_index: reuse a saved index (no first-start measurement, for quick iterations)."""
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
+    settings = settings or {}
     index_dir = bundle / "index"
-    for f in index_dir.glob("*") if index_dir.is_dir() else []:
-        f.unlink()
+    first_start = float("nan")
+    if not keep_index:
+        for f in index_dir.glob("*") if index_dir.is_dir() else []:
+            f.unlink()
+        t0 = time.monotonic()
+        p = Predictor.load(bundle, candidates=candidates, index_kind=index_kind, **settings)
+        first_start = time.monotonic() - t0
+        del p
+        gc.collect()
     t0 = time.monotonic()
-    p = Predictor.load(bundle, candidates=candidates, index_kind=index_kind)
-    first_start = time.monotonic() - t0
-    t0 = time.monotonic()
-    p = Predictor.load(bundle, candidates=candidates, index_kind=index_kind)
+    p = Predictor.load(bundle, candidates=candidates, index_kind=index_kind, **settings)
     later_start = time.monotonic() - t0
+    rss_engine = rss_mb(os.getpid())
     queries = make_queries(p, n_queries)
     # Warm-up, untimed: one pass of both paths over every query. Freshly loaded tables and index
     # pages are slow on first touch on this VM (the first pass had a p99 of 116 ms); a serving
@@ -132,7 +141,10 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str)
     for kp in sorted({50, 100, candidates, 2 * candidates}):
         for scheme in ("union", "surrogate"):
             variant = Predictor(p.bundle, p.index, p.tables, candidates=kp, load_seconds=0, scheme=scheme)
-            sweep[f"{scheme}@{kp}"] = recall(variant, queries, exact)[0]
+            try:
+                sweep[f"{scheme}@{kp}"] = recall(variant, queries, exact)[0]
+            except ValueError:  # a per-branch index has no surrogate search
+                sweep[f"{scheme}@{kp}"] = None
     nprobe_sweep = {}
     if p.index is not None and p.index.kind in ("ivf", "ivfpq"):  # the IVF speed / recall trade-off
         default = p.index.nprobe
@@ -141,6 +153,15 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str)
             r, p50 = recall(p, queries, exact)
             nprobe_sweep[str(nprobe)] = {"recall_at_10": r, "p50_ms": p50}
         p.index.nprobe = default
+    refine = {}
+    if p.index is not None and p.index.approximate_scores:  # PQ codes: how deep the exact re-ranking goes
+        default = p.index.refine_factor
+        for factor in refine_sweep:
+            p.index.refine_factor = factor
+            r, p50 = recall(p, queries, exact)
+            refine[str(factor)] = {"recall_at_10": r, "p50_ms": p50}
+        p.index.refine_factor = default
+    norm = normaliser_phase(p, queries, calibration_from) if p.index is not None and p.num_entities > EXHAUSTIVE_MAX_ENTITIES and p.model.cfg.output == "softmax" else None
     out = {
         "entities": p.num_entities,
         "branches": p.branches,
@@ -162,10 +183,77 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str)
         "nprobe": p.index.nprobe if p.index is not None else None,
         "refine_factor": p.index.refine_factor if p.index is not None else None,
         "nprobe_sweep": nprobe_sweep,
+        "refine_sweep": refine,
+        "normaliser": norm,
+        "index_bytes": p.index.nbytes if p.index is not None else 0,
+        "table_bytes": sum(t.numel() * t.element_size() for t in p.tables.values()),
+        "rss_after_load_mb": rss_engine,
         "queries": len(queries),
     }
     del p
     gc.collect()
+    return out
+
+
+@torch.no_grad()
+def normaliser_phase(p: Predictor, queries: list[Query], calibration_from: Path | None) -> dict:
+    """Above EXHAUSTIVE_MAX_ENTITIES the engine cannot afford each branch's exact softmax
+    normaliser per query. For the engine's own candidates of every query, the fused scores with
+    the exact normaliser (computed here over all N entities) against (a) the candidates' own sum
+    and (b) the engine's estimate (Predictor._log_normalizers): queries whose filtered top k
+    differs in order or in membership, the relative error of the fused score of the top k, and
+    the absolute error of its calibrated probability (the bundle's calibration, else that of
+    `calibration_from`)."""
+    from model.bundle.format import load_bundle
+
+    cal = p.bundle.calibration
+    if cal is None and calibration_from is not None:
+        cal = load_bundle(calibration_from, verify=False).calibration
+    tables = p.tables
+    rows = {b: t for b, t in tables.items()}
+    stats: dict[str, dict[str, list[float]]] = {m: {"order": [], "members": [], "rel": [], "cal": [], "logz": []} for m in ("candidates", "estimate")}
+    t_est: list[float] = []
+    for q in queries:
+        rel = p._rel(q)
+        qv, w = p._queries([q.entity], [rel], tables)
+        known = [p._known_rows(q)]
+        ids, heads = p._retrieve([q], qv, known, len(tables[p.branches[0]]))
+        valid = ids >= 0
+        cand = torch.from_numpy(np.where(valid, ids, 0))
+        logits = {b: torch.einsum("bd,bkd->bk", qv[b], rows[b][cand]) for b in p.branches}
+        exact_z = p.model.log_normalizers(qv, tables)
+        t0 = time.perf_counter()
+        est_z = p._log_normalizers(qv, ids, valid, logits, heads)
+        t_est.append(time.perf_counter() - t0)
+        cand_z = {b: torch.logsumexp(v.double(), dim=1) for b, v in logits.items()}
+        ci = ids[0][valid[0]]
+        is_known = np.isin(ci, known[0])
+
+        def ranked(z: dict | None) -> tuple[list[int], np.ndarray]:
+            pv = p.model.fuse(logits, w, z)[0].numpy()[valid[0]]
+            top = top_k_with_filter(pv, is_known, q.k, filter_known=q.filter_known, ids=ci)
+            return [int(ci[t.entity]) for t in top], pv
+
+        ref, p_ref = ranked(exact_z)
+        pos = {int(e): i for i, e in enumerate(ci)}
+        for name, z in (("candidates", cand_z), ("estimate", est_z)):
+            got, pv = ranked(z)
+            s = stats[name]
+            s["order"].append(float(got != ref))
+            s["members"].append(float(set(got) != set(ref)))
+            j = np.array([pos[e] for e in ref])
+            s["rel"] += (np.abs(pv[j] - p_ref[j]) / p_ref[j]).tolist()
+            if cal is not None:
+                s["cal"] += np.abs(cal.probability(pv[j], rel) - cal.probability(p_ref[j], rel)).tolist()
+            s["logz"] += [float(z[b][0] - exact_z[b][0]) for b in p.branches]
+    out: dict = {"queries": len(queries), "estimate_p50_ms": 1000 * pct(t_est, 50), "calibration": cal is not None}
+    for name, s in stats.items():
+        out[name] = {
+            "top_k_order_differs": float(np.mean(s["order"])), "top_k_members_differ": float(np.mean(s["members"])),
+            "score_rel_err_mean": float(np.mean(s["rel"])), "score_rel_err_p99": pct(s["rel"], 99), "score_rel_err_max": float(np.max(s["rel"])),
+            "calibrated_abs_err_mean": float(np.mean(s["cal"])) if s["cal"] else None, "calibrated_abs_err_max": float(np.max(s["cal"])) if s["cal"] else None,
+            "log_z_err_mean": float(np.mean(s["logz"])), "log_z_err_abs_max": float(np.max(np.abs(s["logz"]))),
+        }
     return out
 
 
@@ -397,6 +485,10 @@ def main() -> int:
     ap.add_argument("--baseline-repo", type=Path, default=None, help="another checkout (e.g. `git worktree add /tmp/base REF`) whose server is measured first, in the same run, and whose answers are compared")
     ap.add_argument("--rounds", type=int, default=3, help="HTTP rounds; each gives every server a fresh slice of the queries in turn")
     ap.add_argument("--compare-unbatched", action="store_true", help="also measure this server with IMF_BATCH_SIZE=1 (no batching)")
+    ap.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (engine phase and server; default the service's)")
+    ap.add_argument("--refine-factor", type=int, default=None, help="PQ: candidates re-ranked exactly, as a multiple of the depth (engine phase and server)")
+    ap.add_argument("--refine-sweep", default="", help="comma-separated refine factors to sweep in the engine phase (PQ indexes)")
+    ap.add_argument("--keep-index", action="store_true", help="reuse the saved index (no first-start measurement): quick engine iterations")
     args = ap.parse_args()
     if args.synthetic:
         from bench.synthetic import make_synthetic
@@ -421,7 +513,11 @@ def main() -> int:
     result = {
         "name": args.name,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, faiss {faiss.__version__}",
-        "engine": engine_phase(bundle, args.queries, args.candidates, args.engine_index),
+        "engine": engine_phase(
+            bundle, args.queries, args.candidates, args.engine_index, keep_index=args.keep_index, calibration_from=args.scale_from,
+            settings={k: v for k, v in (("nprobe", args.nprobe), ("refine_factor", args.refine_factor)) if v is not None},
+            refine_sweep=tuple(int(x) for x in args.refine_sweep.split(",") if x),
+        ),
     }
     print(json.dumps(result["engine"], indent=1), flush=True)
     if not args.skip_http:
@@ -443,6 +539,7 @@ def main() -> int:
         del b
         gc.collect()
         env = {"IMF_CANDIDATES": str(args.candidates), "IMF_INDEX": args.http_index}
+        env.update({k: str(v) for k, v in (("IMF_NPROBE", args.nprobe), ("IMF_REFINE_FACTOR", args.refine_factor)) if v is not None})
         servers: dict[str, tuple[Path, dict[str, str]]] = {"this": (REPO, env)}
         if args.baseline_repo is not None:
             servers["baseline"] = (args.baseline_repo.resolve(), env)
@@ -465,8 +562,11 @@ def main() -> int:
     ivf = f", nprobe {e['nprobe']}, refine {e['refine_factor']}" if e["nprobe_sweep"] else ""
     print(f"\n### {args.name}: {e['entities']:,} entities, branches {', '.join(e['branches'])}, {e['index']} index, K'={e['candidates_default']}{ivf}\n")
     print("| measure | value |\n|---|---|")
-    print(f"| recall@10 vs exhaustive, default K' (union / surrogate only) | {e['recall_at_10'][f'union@{args.candidates}']:.4f} / {e['recall_at_10'][f'surrogate@{args.candidates}']:.4f} |")
-    print(f"| recall@10 sweep | {', '.join(f'{k}: {v:.4f}' for k, v in e['recall_at_10'].items())} |")
+    def f4(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    print(f"| recall@10 vs exhaustive, default K' (union / surrogate only) | {f4(e['recall_at_10'][f'union@{args.candidates}'])} / {f4(e['recall_at_10'][f'surrogate@{args.candidates}'])} |")
+    print(f"| recall@10 sweep | {', '.join(f'{k}: {f4(v)}' for k, v in e['recall_at_10'].items())} |")
     print(f"| engine p50 / p99, retrieve + rescore | {e['engine_p50_ms']:.2f} / {e['engine_p99_ms']:.2f} ms |")
     print(f"| engine p50 / p99, exhaustive (baseline) | {e['exhaustive_p50_ms']:.2f} / {e['exhaustive_p99_ms']:.2f} ms |")
     print(f"| engine p50 / p99, reference (the model's own scoring, nothing precomputed) | {e['reference_p50_ms']:.2f} / {e['reference_p99_ms']:.2f} ms |")
@@ -481,6 +581,17 @@ def main() -> int:
     print(f"| speed-up at p50 | {e['speedup_p50']:.1f}x |")
     for nprobe, r in e["nprobe_sweep"].items():
         print(f"| nprobe {nprobe}: recall@10 (union, K'={args.candidates}), engine p50 | {r['recall_at_10']:.4f}, {r['p50_ms']:.2f} ms |")
+    for factor, r in e["refine_sweep"].items():
+        print(f"| refine factor {factor}: recall@10 (union, K'={args.candidates}), engine p50 | {r['recall_at_10']:.4f}, {r['p50_ms']:.2f} ms |")
+    if e.get("normaliser"):
+        nz = e["normaliser"]
+        for m in ("candidates", "estimate"):
+            r = nz[m]
+            cal = "n/a" if r["calibrated_abs_err_mean"] is None else f"{r['calibrated_abs_err_mean']:.2e} / {r['calibrated_abs_err_max']:.2e}"
+            print(f"| softmax normaliser [{m}] vs exact: top 10 order / membership differs, score rel. err mean / max, calibrated abs. err mean / max, log Z err mean | "
+                  f"{r['top_k_order_differs']:.3f} / {r['top_k_members_differ']:.3f}, {r['score_rel_err_mean']:.2e} / {r['score_rel_err_max']:.2e}, {cal}, {r['log_z_err_mean']:+.3f} |")
+        print(f"| normaliser estimate: p50 | {nz['estimate_p50_ms']:.2f} ms |")
+    print(f"| engine process after load: RSS, entity tables, index | {e['rss_after_load_mb']:.0f} MB, {e['table_bytes'] / 2**20:.0f} MiB, {e['index_bytes'] / 2**20:.0f} MiB |")
     print(f"| start-up: first (builds index) / later (loads it) | {e['first_start_s']:.1f} s / {e['later_start_s']:.1f} s |")
     if "http" in result:
         for label, h in [("this", result["http"]), *result["http_compared"].items()]:

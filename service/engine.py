@@ -27,6 +27,7 @@ names the settings an answer depends on and the added set's generation.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # Memory for the float64 probabilities of one chunk of exhaustively scored queries (no index).
 EXHAUSTIVE_CHUNK_BYTES = 64 * 2**20
+# Entities sampled for the softmax normaliser's tail above EXHAUSTIVE_MAX_ENTITIES (`Predictor._log_normalizers`).
+NORMALISER_SAMPLE = 4096
 
 
 def _bucket(depth: int) -> int:
@@ -152,14 +155,13 @@ class Predictor:
         kind = resolve_kind(index_kind, n)
         folder = Path(path) / INDEX_DIR
         index = None
-        width = sum(tables[b].shape[1] for b in bundle.model.branches)  # nb * d
+        widths = [int(tables[b].shape[1]) for b in bundle.model.branches]  # one index part per branch table
         if kind != EXACT:
-            index = CandidateIndex.load(folder, kind, bundle.fingerprint, width, n, nprobe=nprobe, refine_factor=refine_factor)
+            index = CandidateIndex.load(folder, kind, bundle.fingerprint, widths, n, nprobe=nprobe, refine_factor=refine_factor)
         if kind == EXACT:
             log.info("no index: every query scores all %d entities with the full model", n)
         elif index is None:
-            xb = torch.cat([tables[b] for b in bundle.model.branches], dim=1).numpy()  # (N, nb * d): only an index needs it
-            index = CandidateIndex.build(xb, kind, nprobe=nprobe, refine_factor=refine_factor)
+            index = CandidateIndex.build([tables[b].numpy() for b in bundle.model.branches], kind, nprobe=nprobe, refine_factor=refine_factor)
             if save_index:
                 try:
                     index.save(folder, bundle.fingerprint)
@@ -197,54 +199,112 @@ class Predictor:
 
     @torch.no_grad()
     def candidates_for(self, queries: list[Query], qv: dict[str, Tensor], w: Tensor, known: list[np.ndarray], total: int | None = None) -> np.ndarray:
-        """Candidate entity ids per query: (B, M), padded with -1.
+        """Candidate entity ids per query: (B, M), padded with -1 (see `_retrieve`)."""
+        return self._retrieve(queries, qv, known, total)[0]
 
-        The union of 1 + num_branches searches of the one index: the weighted-logit surrogate
-        xq = [w_b q_b]_b, and each branch alone (xq with only q_b's block filled). A candidate
-        that one branch scores very high can have a middling surrogate when that branch's logits
-        run on a smaller scale; its own search still finds it (bench/serve_bench.py measures the
-        recall of both). K' is shared among the searches; the surrogate search goes at least k
-        deep, and every search adds the query's known answers when they will be filtered, so
-        filtering never leaves fewer than k results while candidates remain.
+    @torch.no_grad()
+    def _retrieve(self, queries: list[Query], qv: dict[str, Tensor], known: list[np.ndarray], total: int | None = None) -> tuple[np.ndarray, list[dict[str, tuple[np.ndarray, Tensor]]]]:
+        """Candidates per query: the union of each branch's own top entities, (B, M) padded with
+        -1; and, per query and branch, every entity that branch's search scored exactly, with
+        its exact logit (the head of that branch's softmax, for `_log_normalizers`).
+
+        The index has one part per branch table, searched with that branch's q_b alone: the
+        fused p = sum_b w_b P_b(t) is a mixture, so an entity in its top k is near the top of
+        at least one branch (bench/serve_bench.py measures the recall). K' is shared among the
+        branches; each search goes at least k deep plus the query's known answers when they
+        will be filtered, so filtering never leaves fewer than k results while candidates
+        remain. Over PQ codes a search goes refine_factor times deeper and the branch's own
+        table re-ranks it exactly (no float copy of the vectors in the index). Added entities
+        are always candidates.
         """
+        index = self.index
+        assert index is not None
         n, nb = self.num_base, len(self.branches)
-        added = np.arange(self.num_base, total or self.num_entities, dtype=np.int64)  # scored exactly, always candidates
-        searches = 1 if nb == 1 or self.scheme == "surrogate" else nb + 1
-        share = -(-self.candidates // searches)
-        # Each query's depths depend on that query alone (its k and its number of known
+        if len(index.parts) != nb:
+            raise ValueError(f"the index has {len(index.parts)} parts for {nb} branches: build it with one part per branch table")
+        if self.scheme != "union":
+            raise ValueError("a per-branch index has no weighted-logit surrogate search; use scheme 'union'")
+        added = np.arange(n, total or self.num_entities, dtype=np.int64)
+        share = -(-self.candidates // nb)
+        # Each query's depth depends on that query alone (its k and its number of known
         # answers), rounded up to a power of two so a batch needs few FAISS calls: the answer to
         # a query is the same whatever batch it came in (and may be cached as such).
         extra = [len(kn) if q.filter_known else 0 for q, kn in zip(queries, known)]
-        depth_sur = [min(n, _bucket(max(share, q.k) + x)) for q, x in zip(queries, extra)]
-        blocks = [w[:, i:i + 1] * qv[b] for i, b in enumerate(self.branches)]
-        xq = torch.cat(blocks, dim=1).numpy()  # (B, nb * d)
-        sur = self._search_by_depth(xq, depth_sur)
-        if searches == 1:
-            return _pad([np.concatenate([r[r >= 0], added]) for r in sur])
-        d = qv[self.branches[0]].shape[1]
-        b_count = len(queries)
-        xq_branch = np.zeros((b_count * nb, nb * d), dtype=np.float32)
-        for i, b in enumerate(self.branches):
-            xq_branch[i::nb, i * d:(i + 1) * d] = qv[b].numpy()  # row j*nb + i: query j, branch i
-        depth_branch = [min(n, _bucket(share + x)) for x in extra for _ in range(nb)]
-        per = self._search_by_depth(xq_branch, depth_branch)
-        rows = []
-        for j in range(b_count):
-            r = np.unique(np.concatenate([sur[j], *per[j * nb:(j + 1) * nb], added]))
-            rows.append(r[r >= 0])
-        return _pad(rows)
+        depths = [min(n, _bucket(max(share, q.k) + x)) for q, x in zip(queries, extra)]
+        base = self.base_tables
+        heads: list[dict[str, tuple[np.ndarray, Tensor]]] = [{} for _ in queries]
+        tops: list[list[np.ndarray]] = [[] for _ in queries]
+        for part, b in enumerate(self.branches):
+            q_b = qv[b]
+            found = self._search_by_depth(part, q_b.numpy(), [index.depth(dep) for dep in depths])
+            for j, ids in enumerate(found):
+                ids = ids[ids >= 0]
+                s = base[b][torch.from_numpy(ids)].float() @ q_b[j]  # exact logits of what the search found (float32 from any stored type)
+                if len(ids) > depths[j]:
+                    keep = torch.topk(s, depths[j], sorted=False).indices.numpy()
+                    tops[j].append(ids[keep])
+                else:
+                    tops[j].append(ids)
+                heads[j][b] = (ids, s)
+        rows = [np.unique(np.concatenate([*t, added])) for t in tops]
+        return _pad(rows), heads
 
-    def _search_by_depth(self, xq: np.ndarray, depths: list[int]) -> list[np.ndarray]:
-        """Search each row of xq to its own depth: one FAISS call per distinct depth."""
+    def _search_by_depth(self, part: int, xq: np.ndarray, depths: list[int]) -> list[np.ndarray]:
+        """Search each row of xq in one part of the index to its own depth: one FAISS call per
+        distinct depth."""
         assert self.index is not None
         out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(depths)
         by_depth: dict[int, list[int]] = {}
         for i, dep in enumerate(depths):
             by_depth.setdefault(dep, []).append(i)
         for dep, rows in by_depth.items():
-            _, ids = self.index.search(xq[rows], dep)
+            _, ids = self.index.search_part(part, xq[rows] if len(rows) < len(depths) else xq, dep)
             for j, i in enumerate(rows):
                 out[i] = ids[j]
+        return out
+
+    def _tail_sample(self) -> tuple[np.ndarray, np.ndarray, dict[str, Tensor]]:
+        """A fixed uniform sample of the bundle's entities for the normaliser's tail: ids (S,),
+        the position of every entity in it (N,) (-1 = not sampled), and each branch's sampled
+        rows as a contiguous (d, S) table. Drawn once (seeded: answers do not depend on when)."""
+        cached = getattr(self, "_sample", None)
+        if cached is None:
+            n = self.num_base
+            size = min(n, NORMALISER_SAMPLE)
+            ids = np.sort(np.random.default_rng(0).choice(n, size=size, replace=False))
+            pos = np.full(n, -1, dtype=np.int64)
+            pos[ids] = np.arange(size)
+            cols = {b: self.base_tables[b][torch.from_numpy(ids)].float().T.contiguous() for b in self.branches}
+            cached = self._sample = (ids, pos, cols)
+        return cached
+
+    @torch.no_grad()
+    def _log_normalizers(self, qv: dict[str, Tensor], ids: np.ndarray, valid: np.ndarray, logits: dict[str, Tensor], heads: list[dict[str, tuple[np.ndarray, Tensor]]]) -> dict[str, Tensor]:
+        """Each branch's softmax normaliser log sum_t exp(s_b(t)) over all entities, estimated
+        above EXHAUSTIVE_MAX_ENTITIES entities: exact over every entity whose logit is known
+        (the candidates, and all the branch's search re-ranked: the head of its distribution),
+        plus the rest estimated from a fixed uniform sample, (N / S) sum over the sampled
+        entities not in that head (unbiased for the rest). The candidates' own sum alone
+        inflates the probabilities of branches whose mass is spread wide (docs/scaling.md)."""
+        sample, pos, cols = self._tail_sample()
+        n, size = self.num_base, len(sample)
+        scale = math.log(n / size)
+        out: dict[str, Tensor] = {}
+        for b in self.branches:
+            tail_logits = (qv[b] @ cols[b]).double()  # (B, S)
+            norms = []
+            for j in range(len(ids)):
+                cand = ids[j][valid[j]]
+                found, s_found = heads[j][b]
+                s_cand = logits[b][j][torch.from_numpy(valid[j])].double()
+                fresh = torch.from_numpy(~np.isin(cand, found))
+                head = torch.logsumexp(torch.cat([s_found.double(), s_cand[fresh]]), 0)
+                seen = pos[np.concatenate([found, cand[cand < n]])]
+                mask = torch.ones(size, dtype=torch.bool)
+                mask[torch.from_numpy(seen[seen >= 0])] = False
+                rest = torch.logsumexp(tail_logits[j][mask], 0) + scale if bool(mask.any()) else torch.tensor(-math.inf, dtype=torch.float64)
+                norms.append(torch.logaddexp(head, rest))
+            out[b] = torch.stack(norms)
         return out
 
     @torch.no_grad()
@@ -260,17 +320,20 @@ class Predictor:
         known = [self._known_rows(q) for q in queries]
         if self.index is None or self.candidates >= self.num_base:  # K' covers everything: score it all
             return self._exhaustive(queries, qv, w, known, view)
-        ids = self.candidates_for(queries, qv, w, known, len(tables[self.branches[0]]))  # (B, M), -1 padded
+        ids, heads = self._retrieve(queries, qv, known, len(tables[self.branches[0]]))  # (B, M), -1 padded
         valid = ids >= 0
         cand = torch.from_numpy(np.where(valid, ids, 0))
+        logits = {b: torch.einsum("bd,bkd->bk", qv[b], tables[b][cand].float()) for b in self.branches}  # (B, M) exact, float32
         log_norm = None
-        if self.model.cfg.output == "softmax" and self.num_entities <= EXHAUSTIVE_MAX_ENTITIES:
-            # Softmax branches need each branch's normaliser over all N entities. Up to
-            # EXHAUSTIVE_MAX_ENTITIES entities it is computed exactly (the cost of one exhaustive
-            # scoring pass, in chunks); above, the candidates' own sum stands in for it.
-            log_norm = self.frozen.log_normalizers(qv, view.columns)
-        _, p = self.model.rescore(qv, w, tables, cand, log_norm=log_norm)  # (B, M) exact fused probabilities
-        p = p.numpy()
+        if self.model.cfg.output == "softmax":
+            # Softmax branches need each branch's normaliser over all N entities: exact up to
+            # EXHAUSTIVE_MAX_ENTITIES entities (the cost of one exhaustive scoring pass),
+            # estimated above (`_log_normalizers`).
+            if self.num_entities <= EXHAUSTIVE_MAX_ENTITIES:
+                log_norm = self.frozen.log_normalizers(qv, view.columns)
+            else:
+                log_norm = self._log_normalizers(qv, ids, valid, logits, heads)
+        p = self.model.fuse(logits, w, log_norm).numpy()  # (B, M) exact fused probabilities
         out = []
         for i, q in enumerate(queries):
             ci = ids[i][valid[i]]

@@ -1,24 +1,27 @@
-"""FAISS candidate retrieval over the concatenated branch entity tables.
+"""FAISS candidate retrieval: one index part per branch entity table.
 
 What is indexed. The fused score p(t) = sum_b w_b(r) P_b(t | h, r) mixes each branch's
-probability (a softmax over the entities for cross-entropy models, a sigmoid for BCE ones): not
-one inner product. Its close surrogate, the weighted sum of logits
-sum_b w_b(r) q_b . C_b[t], *is* one inner product:
+probability (a softmax over the entities for cross-entropy models, a sigmoid for BCE ones), so
+an entity in the fused top k is near the top of at least one branch: P_b(t) >= p_k / (nb w_b)
+for some b. Each branch's logit q_b . C_b[t] is one inner product, so the index has one part per
+branch, over that branch's table C_b (N, d) (FAISS names: xb, xq, D, I, k), searched with q_b
+alone; the engine rescores the union of the parts' answers with the full model, which restores
+the exact order, and measures the cost of the approximation as candidate recall
+(bench/serve_bench.py, docs/benchmarks.md). One part per branch costs one scan of d-wide codes
+per branch, where searching one index over the concatenated tables with a query that fills
+only one branch's block scans nb * d-wide codes each time. `build` also takes a single matrix
+(one part), for callers that index one table.
 
-    xb[t] = [C_S[t] | C_T[t] | ... | C_MM[t]]          (N, num_branches * d), stored once
-    xq    = [w_S q_S | w_T q_T | ... | w_MM q_MM]      (1, num_branches * d), per query
-
-so a maximum-inner-product index over xb returns the surrogate's top K' (FAISS names: xb, xq,
-D, I, k). The engine then rescores those K' with the full model, which restores the exact order;
-the cost of the approximation is measured as candidate recall (bench/serve_bench.py,
-docs/benchmarks.md).
-
-Index types: "flat" (exact inner-product search), "ivf" (IVF-Flat), "ivfpq" (IVF-PQ codes
-re-ranked exactly by IndexRefineFlat, for millions), "hnsw"; and "exact", no index at all, which
-`auto` picks for small graphs (see `resolve_kind`). A built index is saved beside the bundle
-(index/<kind>.faiss) with a sidecar (index/<kind>.json): the model fingerprint it was built from,
-its shape, the sha256 of the index file and a MAC; it is reused only when all of them check out,
-else rebuilt.
+Index types: "flat" (exact inner-product search), "ivf" (IVF-Flat), "ivfpq" (IVF with 4-bit PQ
+codes scanned by FAISS's SIMD fast-scan kernels, for millions), "hnsw"; and "exact", no index at
+all, which `auto` picks for small graphs (see `resolve_kind`). An IVF-PQ part keeps only its
+codes: its search goes `refine_factor` times deeper than asked and the caller re-ranks those
+candidates exactly from the entity tables it holds anyway (FAISS's own exact refinement,
+IndexRefineFlat, would keep a second float32 copy of every table: 2 GB at 1M entities and
+d = 128, four branches). A built index is saved beside the bundle (index/<kind>.faiss, the
+parts' serializations back to back) with a sidecar (index/<kind>.json): the model fingerprint
+it was built from, its shape, the sha256 of the index file and a MAC; it is reused only when all
+of them check out, else rebuilt.
 
 Why a MAC, and keyed by what. faiss.read_index is a C++ parser: bytes that reach it must be
 bytes this service wrote. A sha256 in the sidecar only catches damage: whoever can write the
@@ -78,9 +81,9 @@ EXACT = "exact"  # no index: the full model scores every entity (exact by constr
 # The retrieval defaults (IMF_CANDIDATES, IMF_NPROBE, IMF_REFINE_FACTOR read them): one home.
 DEFAULT_CANDIDATES = 200  # K': candidates retrieved, then rescored exactly
 DEFAULT_NPROBE = 128  # IVF lists visited per search
-DEFAULT_REFINE_FACTOR = 32  # IVF-PQ: codes re-ranked exactly, as a multiple of the search depth
+DEFAULT_REFINE_FACTOR = 32  # IVF-PQ: codes re-ranked exactly (by the engine), as a multiple of the search depth
 # The MAC's domain (changing it invalidates every saved index, which is then rebuilt) and key.
-MAC_CONTEXT = b"imf-faiss-index-v1\0"
+MAC_CONTEXT = b"imf-faiss-index-v2\0"
 KEY_BYTES = 32
 
 
@@ -165,9 +168,8 @@ def factory_string(kind: str, num_entities: int, dim: int) -> str:
         return f"IVF{nlist},Flat"
     if kind == "ivfpq":
         # 4-bit PQ codes, one per 2 dims (the same bytes as 8-bit codes per 4 dims), scanned with
-        # FAISS's SIMD "fast scan" kernels; the exact refinement of refine_factor x the search
-        # depth makes up for their coarseness: a little more recall per millisecond than 8-bit
-        # codes, and a faster build (docs/benchmarks.md section 5 has the figures).
+        # FAISS's SIMD "fast scan" kernels; the caller's exact re-ranking of refine_factor x the
+        # search depth makes up for their coarseness (docs/benchmarks.md section 5).
         return f"IVF{nlist},PQ{dim // 2}x4fs"
     if kind == "hnsw":
         return "HNSW32"
@@ -191,16 +193,35 @@ def _index_dim(kind: str, dim: int) -> int:
 
 
 class CandidateIndex:
-    """A FAISS inner-product index over xb, with the settings that query it."""
+    """FAISS inner-product indexes over the column blocks of xb ("parts": one per branch table
+    when the engine builds it, or one over the whole of xb), with the settings that query them.
 
-    def __init__(self, index: faiss.Index, kind: str, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR, max_norm_sq: float = 0.0) -> None:
-        """max_norm_sq: M^2 of the L2 reduction (L2-reduced kinds only)."""
-        self.index = index
+    An IVF-PQ part holds only its PQ codes (no float copy of the vectors): its approximate
+    search goes `refine_factor` times deeper than asked, and the caller re-ranks those
+    candidates exactly from the tables it holds anyway (`search` does it itself when given the
+    rows; the engine does it from its entity tables)."""
+
+    def __init__(self, parts: faiss.Index | list[faiss.Index], kind: str, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR, max_norm_sq: float | list[float] = 0.0, dims: list[int] | None = None) -> None:
+        """parts: one FAISS index per column block of xb; max_norm_sq: M^2 of each part's L2
+        reduction (L2-reduced kinds only); dims: the width of each block of xb (by default the
+        parts' own, which is right for the kinds that are not L2-reduced)."""
+        self.parts: list[faiss.Index] = list(parts) if isinstance(parts, (list, tuple)) else [parts]
         self.kind = kind
-        self.max_norm_sq = max_norm_sq
+        self.dims = [int(x) for x in dims] if dims is not None else [int(p.d) for p in self.parts]
+        norms = max_norm_sq if isinstance(max_norm_sq, (list, tuple)) else [max_norm_sq] * len(self.parts)
+        self.max_norms_sq = [float(x) for x in norms]
         self._nprobe = nprobe
         self._refine_factor = refine_factor
         self._params = self._search_params()
+
+    @property
+    def index(self) -> faiss.Index:
+        """The first (with one block, the only) FAISS index."""
+        return self.parts[0]
+
+    @property
+    def max_norm_sq(self) -> float:
+        return self.max_norms_sq[0]
 
     @property
     def nprobe(self) -> int:
@@ -222,64 +243,117 @@ class CandidateIndex:
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return int(self.parts[0].ntotal)
+
+    @property
+    def approximate_scores(self) -> bool:
+        """Whether search scores are approximate (PQ codes): the caller re-ranks exactly."""
+        return self.kind == "ivfpq"
+
+    @property
+    def nbytes(self) -> int:
+        """Serialized size of all parts (about what they hold in memory)."""
+        return sum(int(faiss.serialize_index(p).nbytes) for p in self.parts)
 
     def _search_params(self) -> faiss.SearchParameters | None:
-        if self.kind == "ivf":
+        if self.kind in ("ivf", "ivfpq"):
             return faiss.SearchParametersIVF(nprobe=self.nprobe)
-        if self.kind == "ivfpq":
-            return faiss.IndexRefineSearchParameters(k_factor=float(self.refine_factor), base_index_params=faiss.SearchParametersIVF(nprobe=self.nprobe))
         if self.kind == "hnsw":
             return faiss.SearchParametersHNSW(efSearch=max(64, self.nprobe * 4))
         return None
 
-    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """xq: (B, dim) float32 -> D (B, k) surrogate scores, I (B, k) entity ids (-1 = none)."""
+    def depth(self, k: int) -> int:
+        """How deep a search for k exact candidates goes in the index: k, or refine_factor x k
+        when the index's own scores are approximate."""
+        return min(self.ntotal, k * self.refine_factor if self.approximate_scores else k)
+
+    def search_part(self, part: int, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search one part as deep as asked (no refinement): xq (B, width of the part) float32
+        -> D (B, k) inner products (approximate for PQ codes), I (B, k) ids (-1 = none)."""
+        index = self.parts[part]
         k = min(k, self.ntotal)
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if not _l2_reduced(self.kind):
-            return self.index.search(xq, k) if self._params is None else self.index.search(xq, k, params=self._params)
+            return index.search(xq, k) if self._params is None else index.search(xq, k, params=self._params)
         # Each query is scaled onto the sphere of radius M that every xb' lies on (s = M / |xq|);
         # the order of the points is the same for any s > 0, but the order of the IVF centroids
         # (inside the sphere) is not: with a short query it is ruled by their norms.
+        m2 = self.max_norms_sq[part]
         norm_sq = np.einsum("bd,bd->b", xq, xq).astype(np.float64)
-        ok = (norm_sq > 0) & (self.max_norm_sq > 0)  # a zero query or an all-zero xb: leave it be
-        scale = np.where(ok, np.sqrt(self.max_norm_sq / np.maximum(norm_sq, 1e-30)), 1.0)
-        xq_l2 = np.zeros((xq.shape[0], self.index.d), dtype=np.float32)
+        ok = (norm_sq > 0) & (m2 > 0)  # a zero query or an all-zero xb: leave it be
+        scale = np.where(ok, np.sqrt(m2 / np.maximum(norm_sq, 1e-30)), 1.0)
+        xq_l2 = np.zeros((xq.shape[0], index.d), dtype=np.float32)
         xq_l2[:, : xq.shape[1]] = xq * scale[:, None]
-        dist, ids = self.index.search(xq_l2, k, params=self._params)
+        dist, ids = index.search(xq_l2, k, params=self._params)
         # back to inner products: |s xq' - xb'|^2 = s^2 |xq|^2 + M^2 - 2 s xq . xb  (-1 ids stay -1)
-        ip = ((scale**2 * norm_sq)[:, None] + self.max_norm_sq - dist) / (2 * scale[:, None])
+        ip = ((scale**2 * norm_sq)[:, None] + m2 - dist) / (2 * scale[:, None])
         return np.where(ids >= 0, ip, -np.inf).astype(np.float32), ids
 
+    def search(self, xq: np.ndarray, k: int, xb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A one-part index: xq (B, dim) float32 -> D (B, k) inner products, I (B, k) entity ids
+        (-1 = none). For PQ codes, `xb` (the indexed vectors) re-ranks the refine_factor x k
+        approximate candidates exactly; without it the approximate top k is returned."""
+        if len(self.parts) != 1:
+            raise ValueError(f"a {len(self.parts)}-part index is searched part by part (search_part)")
+        k = min(k, self.ntotal)
+        if not self.approximate_scores or xb is None:
+            return self.search_part(0, xq, k)
+        _, ids = self.search_part(0, xq, self.depth(k))
+        safe = np.where(ids >= 0, ids, 0)
+        exact = np.einsum("bd,bkd->bk", np.asarray(xq, dtype=np.float32), xb[safe])
+        exact = np.where(ids >= 0, exact, -np.inf)
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, order, 1).astype(np.float32), np.take_along_axis(ids, order, 1)
+
     @classmethod
-    def build(cls, xb: np.ndarray, kind: str, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR, seed: int = 0) -> CandidateIndex:
-        """Build an index of `kind` over xb: (N, dim) float32."""
+    def build(cls, xb: np.ndarray | list[np.ndarray], kind: str, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR, seed: int = 0) -> CandidateIndex:
+        """Build an index of `kind` over xb: (N, dim) float32, or a list of column blocks
+        (N, dim_i), one part each (the engine gives every branch table its own part)."""
+        blocks = xb if isinstance(xb, (list, tuple)) else [xb]
+        parts, norms = [], []
+        for i, block in enumerate(blocks):
+            index, m2 = cls._build_part(np.asarray(block), kind, seed=seed + i)
+            parts.append(index)
+            norms.append(m2)
+        return cls(parts, kind, nprobe=nprobe, refine_factor=refine_factor, max_norm_sq=norms, dims=[int(np.asarray(b).shape[1]) for b in blocks])
+
+    @staticmethod
+    def _build_part(xb: np.ndarray, kind: str, *, seed: int) -> tuple[faiss.Index, float]:
         n, dim = xb.shape
-        xb = np.ascontiguousarray(xb, dtype=np.float32)
         max_norm_sq = 0.0
         if _l2_reduced(kind):
-            norms_sq = np.einsum("nd,nd->n", xb, xb)
+            norms_sq = np.einsum("nd,nd->n", xb, xb, dtype=np.float32)
             max_norm_sq = float(norms_sq.max()) if n else 0.0
             reduced = np.zeros((n, _index_dim(kind, dim)), dtype=np.float32)
             reduced[:, :dim] = xb
             reduced[:, dim] = np.sqrt(np.maximum(max_norm_sq - norms_sq, 0.0))
             xb = reduced
+        else:
+            xb = np.ascontiguousarray(xb, dtype=np.float32)
         desc = factory_string(kind, n, xb.shape[1])
         t0 = time.monotonic()
         index = faiss.index_factory(xb.shape[1], desc, faiss.METRIC_L2 if _l2_reduced(kind) else faiss.METRIC_INNER_PRODUCT)
-        if kind == "ivfpq":
-            index = faiss.IndexRefineFlat(index)
         if not index.is_trained:
             # k-means wants ~40 points per centroid (FAISS warns below 39); PQ is happy with fewer.
             nlist = _nlist(n) if kind in ("ivf", "ivfpq") else 0
             size = min(n, max(100_000, 40 * nlist))
             rng = np.random.default_rng(seed)
-            sample = xb[rng.choice(n, size=size, replace=False)] if size < n else xb
+            sample = xb[np.sort(rng.choice(n, size=size, replace=False))] if size < n else xb
             index.train(sample)
         index.add(xb)
-        log.info("built %s index (%s) over %d x %d in %.1fs", kind, desc, n, dim, time.monotonic() - t0)
-        return cls(index, kind, nprobe=nprobe, refine_factor=refine_factor, max_norm_sq=max_norm_sq)
+        log.info("built %s index part (%s) over %d x %d in %.1fs", kind, desc, n, dim, time.monotonic() - t0)
+        return index, max_norm_sq
+
+    def _meta(self, fingerprint: str, sizes: list[int], dims: list[int]) -> dict:
+        return {
+            "model_fingerprint": fingerprint,
+            "kind": self.kind,
+            "factory": [factory_string(self.kind, self.ntotal, int(p.d)) for p in self.parts],
+            "ntotal": self.ntotal,
+            "dims": dims,  # width of each block of xb
+            "part_bytes": sizes,
+            "max_norm_sq": self.max_norms_sq,
+        }
 
     def save(self, folder: Path, fingerprint: str) -> None:
         """Write index + sidecar atomically under folder/ (names include the kind).
@@ -290,16 +364,10 @@ class CandidateIndex:
         if key is None:
             raise OSError(why)
         folder.mkdir(parents=True, exist_ok=True)
-        data = faiss.serialize_index(self.index).tobytes()
-        meta = {
-            "model_fingerprint": fingerprint,
-            "sha256": hashlib.sha256(data).hexdigest(),  # damage, told apart from forgery in the log
-            "kind": self.kind,
-            "factory": factory_string(self.kind, self.ntotal, int(self.index.d)),
-            "ntotal": self.ntotal,
-            "dim": int(self.index.d),
-            "max_norm_sq": self.max_norm_sq,
-        }
+        chunks = [faiss.serialize_index(p).tobytes() for p in self.parts]
+        data = b"".join(chunks)
+        meta = self._meta(fingerprint, [len(c) for c in chunks], self.dims)
+        meta["sha256"] = hashlib.sha256(data).hexdigest()  # damage, told apart from forgery in the log
         meta["mac"] = _mac(key, meta, data)  # checked before FAISS ever parses the file
         tmp = folder / f".{self.kind}.faiss.tmp-{os.getpid()}"
         meta_tmp = folder / f".{self.kind}.json.tmp-{os.getpid()}"
@@ -310,8 +378,9 @@ class CandidateIndex:
         log.debug("saved %s", target)
 
     @classmethod
-    def load(cls, folder: Path, kind: str, fingerprint: str, dim: int, ntotal: int, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR) -> CandidateIndex | None:
-        """The saved index of `kind` if it was built from this model (fingerprint, shape), else None."""
+    def load(cls, folder: Path, kind: str, fingerprint: str, dim: int | list[int], ntotal: int, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR) -> CandidateIndex | None:
+        """The saved index of `kind` if it was built from this model (fingerprint, shape: `dim`,
+        the width of xb, or a list of the widths of its blocks, one part each), else None."""
         meta_path, index_path = folder / f"{kind}.json", folder / f"{kind}.faiss"
         if not (meta_path.is_file() and index_path.is_file()):
             return None
@@ -320,9 +389,12 @@ class CandidateIndex:
         except (OSError, json.JSONDecodeError):
             log.warning("ignoring unreadable %s", meta_path)
             return None
-        dim = _index_dim(kind, dim)
-        same = meta.get("model_fingerprint") == fingerprint and meta.get("dim") == dim and meta.get("ntotal") == ntotal
-        same = same and meta.get("factory") == factory_string(kind, ntotal, dim) and isinstance(meta.get("max_norm_sq"), (int, float))
+        dims = [int(x) for x in dim] if isinstance(dim, (list, tuple)) else [int(dim)]
+        norms, sizes = meta.get("max_norm_sq"), meta.get("part_bytes")
+        same = meta.get("model_fingerprint") == fingerprint and meta.get("dims") == dims and meta.get("ntotal") == ntotal
+        same = same and meta.get("factory") == [factory_string(kind, ntotal, _index_dim(kind, d)) for d in dims]
+        same = same and isinstance(norms, list) and len(norms) == len(dims) and all(isinstance(x, (int, float)) for x in norms)
+        same = same and isinstance(sizes, list) and len(sizes) == len(dims) and all(isinstance(x, int) and x > 0 for x in sizes)
         if not same:
             log.info("saved %s index belongs to another model or an older format; rebuilding", kind)
             return None
@@ -335,7 +407,7 @@ class CandidateIndex:
         except OSError as exc:
             log.warning("cannot read %s (%s); rebuilding the index", index_path, exc)
             return None
-        if hashlib.sha256(data).hexdigest() != digest:
+        if hashlib.sha256(data).hexdigest() != digest or sum(sizes) != len(data):
             log.warning("%s: checksum mismatch (tampered or truncated); refusing it and rebuilding the index", index_path)
             return None
         key, why = installation_key(create=False)
@@ -347,11 +419,14 @@ class CandidateIndex:
             # FAISS's C++ parser.
             log.warning("%s: not written by this installation (MAC mismatch); refusing it and rebuilding the index", index_path)
             return None
+        parts, view, offset = [], np.frombuffer(data, dtype=np.uint8), 0
         try:
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            for size in sizes:
+                parts.append(faiss.deserialize_index(view[offset:offset + size]))
+                offset += size
         except RuntimeError as exc:
             log.warning("ignoring unreadable %s: %s", index_path, exc)
             return None
-        if index.ntotal != ntotal or index.d != dim:
+        if any(p.ntotal != ntotal or p.d != _index_dim(kind, d) for p, d in zip(parts, dims)):
             return None
-        return cls(index, kind, nprobe=nprobe, refine_factor=refine_factor, max_norm_sq=float(meta["max_norm_sq"]))
+        return cls(parts, kind, nprobe=nprobe, refine_factor=refine_factor, max_norm_sq=[float(x) for x in norms], dims=dims)

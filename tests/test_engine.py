@@ -101,7 +101,7 @@ def test_predict_many_equals_one_by_one_at_the_default_depth(predictor: Predicto
     # A query's answer must not depend on the batch it came in (it is cached as its own): each
     # query searches to its own depth, whatever the others in its batch need. K'=50 < N here,
     # so retrieval is really used; queries mix directions, filters, k and hub entities.
-    index = predictor.index if kind == "flat" else CandidateIndex.build(torch.cat([predictor.tables[b] for b in predictor.branches], 1).numpy(), kind, nprobe=4)
+    index = predictor.index if kind == "flat" else CandidateIndex.build([predictor.tables[b].numpy() for b in predictor.branches], kind, nprobe=4)
     p = Predictor(predictor.bundle, index, predictor.tables, candidates=50, load_seconds=0)
     assert p.candidates < p.num_entities
     qs = queries(p, 24, 5)
@@ -125,7 +125,7 @@ def test_cache_key_names_the_retrieval_settings(predictor: Predictor) -> None:
     keys = {q.cache_key("f" * 64, p.retrieval) for p in (predictor, exact, deeper)}
     assert len(keys) == 3
     before = predictor.retrieval
-    ivf = CandidateIndex.build(torch.cat([predictor.tables[b] for b in predictor.branches], 1).numpy(), "ivf", nprobe=4)
+    ivf = CandidateIndex.build([predictor.tables[b].numpy() for b in predictor.branches], "ivf", nprobe=4)
     p = Predictor(predictor.bundle, ivf, predictor.tables, candidates=50, load_seconds=0)
     r1 = p.retrieval
     ivf.nprobe = 8
@@ -213,7 +213,7 @@ def test_index_is_saved_with_fingerprint_and_reused(slice_bundle: Path, tmp_path
     assert (copy / INDEX_DIR / "flat.faiss").stat().st_mtime_ns == mtime  # reused, not rebuilt
     meta["model_fingerprint"] = "0" * 64
     (copy / INDEX_DIR / "flat.json").write_text(json.dumps(meta))
-    assert CandidateIndex.load(copy / INDEX_DIR, "flat", p1.bundle.fingerprint, p1.index.index.d, p1.num_entities) is None
+    assert CandidateIndex.load(copy / INDEX_DIR, "flat", p1.bundle.fingerprint, p1.index.dims, p1.num_entities) is None
     Predictor.load(copy, index_kind="flat")  # rebuilt for the right model
     assert json.loads((copy / INDEX_DIR / "flat.json").read_text())["model_fingerprint"] == p1.bundle.fingerprint
 
@@ -243,7 +243,7 @@ def test_tampered_index_is_refused_and_rebuilt(slice_bundle: Path, tmp_path: Pat
     else:
         data = data[: len(data) // 3]
     path.write_bytes(bytes(data))
-    assert CandidateIndex.load(copy / INDEX_DIR, "flat", p1.bundle.fingerprint, p1.index.index.d, p1.num_entities) is None
+    assert CandidateIndex.load(copy / INDEX_DIR, "flat", p1.bundle.fingerprint, p1.index.dims, p1.num_entities) is None
     assert "checksum mismatch" in caplog.text and str(path) in caplog.text
     p2 = Predictor.load(copy, index_kind="flat")  # rebuilt, saved again, and it verifies
     q = queries(p2, 1, 1)[0]
@@ -252,7 +252,7 @@ def test_tampered_index_is_refused_and_rebuilt(slice_bundle: Path, tmp_path: Pat
     from model.bundle.format import sha256_file
 
     assert meta["sha256"] == sha256_file(path)
-    assert CandidateIndex.load(copy / INDEX_DIR, "flat", p1.bundle.fingerprint, p1.index.index.d, p1.num_entities) is not None
+    assert CandidateIndex.load(copy / INDEX_DIR, "flat", p1.bundle.fingerprint, p1.index.dims, p1.num_entities) is not None
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
@@ -262,7 +262,7 @@ def test_approximate_index_kinds_agree_with_exact_search(predictor: Predictor, k
     approx = CandidateIndex.build(xb, kind, nprobe=10_000, refine_factor=8)
     xq = xb[:20] * 0.5 + 0.1
     _, i_exact = exact.search(xq, 10)
-    _, i_approx = approx.search(xq, 10)
+    _, i_approx = approx.search(xq, 10, xb)  # PQ codes: re-ranked exactly from xb
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i_exact, i_approx)])
     assert overlap >= 0.9  # ties tolerated; HNSW and PQ are approximate by design
 
@@ -293,11 +293,15 @@ def test_saved_index_of_an_older_format_is_rebuilt(slice_bundle: Path, tmp_path:
     p1 = Predictor.load(copy, index_kind="ivf")
     meta_path = copy / INDEX_DIR / "ivf.json"
     meta = json.loads(meta_path.read_text())
-    xb_dim = sum(t.shape[1] for t in p1.tables.values())
-    assert CandidateIndex.load(copy / INDEX_DIR, "ivf", p1.bundle.fingerprint, xb_dim, p1.num_entities) is not None
+    dims = [t.shape[1] for t in p1.tables.values()]
+    assert CandidateIndex.load(copy / INDEX_DIR, "ivf", p1.bundle.fingerprint, dims, p1.num_entities) is not None
+    old = dict(meta, dim=sum(dims), factory=meta["factory"][0], max_norm_sq=meta["max_norm_sq"][0])  # one index over xb
+    del old["dims"], old["part_bytes"]
+    meta_path.write_text(json.dumps(old))
+    assert CandidateIndex.load(copy / INDEX_DIR, "ivf", p1.bundle.fingerprint, dims, p1.num_entities) is None
     del meta["max_norm_sq"]  # an index saved before the L2 reduction
     meta_path.write_text(json.dumps(meta))
-    assert CandidateIndex.load(copy / INDEX_DIR, "ivf", p1.bundle.fingerprint, xb_dim, p1.num_entities) is None
+    assert CandidateIndex.load(copy / INDEX_DIR, "ivf", p1.bundle.fingerprint, dims, p1.num_entities) is None
 
 
 def test_l2_reduced_index_copes_with_zero_vectors() -> None:

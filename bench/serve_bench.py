@@ -38,6 +38,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -388,13 +389,15 @@ def start_server(bundle: Path, env_extra: dict[str, str], repo: Path) -> tuple[s
     env = {**os.environ, "IMF_PORT": str(port), "IMF_HOST": "127.0.0.1", "IMF_LOG_LEVEL": "warning", **env_extra}
     env.pop("IMF_REDIS_URL", None) if "IMF_REDIS_URL" not in env_extra else None
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "service", str(bundle)], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_file = tempfile.NamedTemporaryFile(prefix="serve-bench-", suffix=".log", delete=False)  # noqa: SIM115 (kept for a failure)
+    proc = subprocess.Popen([sys.executable, "-m", "service", str(bundle)], cwd=repo, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, 3600, proc=proc)  # generous: a million-entity bundle loads for minutes
     except BaseException:
         proc.kill()
-        raise
+        tail = Path(log_file.name).read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the server of {repo} did not become ready; its log ({log_file.name}) ends:\n{tail}") from None
     return proc, base, time.monotonic() - t0, rss_mb(proc.pid)
 
 

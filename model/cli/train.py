@@ -28,7 +28,8 @@ from model.training.checkpoint import (
     has_checkpoint,
 )
 from model.training.config import TrainConfig
-from model.training.loop import RESUMABLE_CHANGES
+from model.training.distributed import launched_rank, launched_world_size, session
+from model.training.loop import RESUMABLE_CHANGES, train
 from model.training.run_config import (
     ResolvedConfig,
 )
@@ -47,6 +48,12 @@ after every epoch, a checkpoint to resume from (imf train --resume artifacts/wn.
 epoch metrics (metrics.csv: imf plot artifacts/wn.run draws them) and config.toml. Ctrl-C
 or the time budget end the run with the best model so far written to --out; --resume goes on
 from the last complete epoch (raise --epochs or --max-minutes to go further).
+
+Several processes, data-parallel (docs/training.md): start this command with torchrun, e.g.
+torchrun --nproc-per-node 2 -m model train --dataset wn9-img --out artifacts/wn. Each global
+batch of --batch-size queries is shared by the processes (gloo on CPU, NCCL with --device
+cuda: one GPU per process); rank 0 evaluates and writes everything; a run directory resumes on
+any number of processes.
 """
 
 
@@ -90,11 +97,16 @@ def resolve_new_run(args: argparse.Namespace) -> tuple[ResolvedConfig, KGDataset
     """The configuration of a fresh run from the command line, the config file, the
     --init-from bundle and sizing (model.pipeline.resolve_run); and the dataset when sizing
     loaded it (None otherwise)."""
-    # Features only when training follows (the same load then serves it).
-    return resolve_run(given_options(args), config_file=args.config, sizing=not args.no_sizing, load_features=not args.print_config)
+    # Features only when training follows (the same load then serves it). Under torchrun, the
+    # ranks other than 0 load the dataset once training starts, after rank 0 has built any
+    # features it lacks (model.training.loop.train).
+    follower = launched_world_size() > 1 and launched_rank() != 0
+    return resolve_run(given_options(args), config_file=args.config, sizing=not args.no_sizing, load_features=not (args.print_config or follower))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if launched_world_size() > 1 and launched_rank() != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # under torchrun rank 0 speaks for the run
     if args.resume is not None:
         return _resume(args)
     if args.out is None and not args.print_config:
@@ -103,7 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_writable(args.out, overwrite=args.overwrite)  # before loading a dataset for nothing
     resolved, ds = resolve_new_run(args)
     if args.print_config:
-        sys.stdout.write(resolved.to_toml())
+        if launched_rank() == 0:
+            sys.stdout.write(resolved.to_toml())
         return 0
     _check_device(resolved.train.device)
     run_dir = args.run_dir or default_run_dir(args.out)
@@ -117,7 +130,8 @@ def _resume(args: argparse.Namespace) -> int:
         raise IMFError(f"--run-dir {args.run_dir} and --resume {run_dir} name different run directories; --resume alone is enough")
     resolved, ckpt = resolve_resume(run_dir, given_options(args), config_file=args.config)
     if args.print_config:
-        sys.stdout.write(resolved.to_toml(header=f"resuming {run_dir} after epoch {ckpt['epoch']}"))
+        if launched_rank() == 0:
+            sys.stdout.write(resolved.to_toml(header=f"resuming {run_dir} after epoch {ckpt['epoch']}"))
         return 0
     _check_device(resolved.train.device)
     run = ckpt.get("run", {})
@@ -137,6 +151,20 @@ def _check_device(device: str) -> None:
 
 def _run(args: argparse.Namespace, resolved: ResolvedConfig, *, out: Path, run_dir: Path, resume: bool, dataset: KGDataset | None,
          compact: bool, report_test: bool, extras: bool, track: list[str]) -> int:
+    """Train and write the bundle. Under torchrun (WORLD_SIZE > 1) this process joins the
+    process group first (model.training.distributed.session): rank 0 goes on as a single
+    process would (it alone writes the run directory and the bundle), the other ranks only
+    train alongside it and exit quietly."""
+    with session(resolved.train.device) as group:
+        if group is not None and not group.main:
+            train(resolved.train, None, model_config=resolved.model, progress=False, run_dir=run_dir, resume=resume)
+            return 0
+        return _run_main(args, resolved, out=out, run_dir=run_dir, resume=resume, dataset=dataset, compact=compact,
+                         report_test=report_test, extras=extras, track=track)
+
+
+def _run_main(args: argparse.Namespace, resolved: ResolvedConfig, *, out: Path, run_dir: Path, resume: bool, dataset: KGDataset | None,
+              compact: bool, report_test: bool, extras: bool, track: list[str]) -> int:
     started = time.time()
     try:
         path = train_to_bundle(

@@ -14,6 +14,18 @@ Each file is replaced atomically (model.files.atomic_write): a run killed at any
 the checkpoint of its last complete epoch, never half a file. The checkpoint is read with
 `torch.load(weights_only=True)`: tensors, numbers, strings, lists, dicts and tuples only, nothing
 that runs code when loaded.
+
+A data-parallel run (torchrun; model.training.distributed) writes the same file, from rank 0
+alone, with one more key, `world_size` (absent: one process). What the next epoch depends on is
+the same on every rank (weights, optimizer and scheduler states, the batch-order Generator, the
+contrastive Generator), except the dropout generator: rank 0's is saved, and every other rank
+re-seeds its own at each epoch from (seed, rank, epoch), so no per-rank state is needed. The
+batch order is drawn as global batches of --batch-size queries, whatever the number of
+processes, so a checkpoint resumes on any number of them (`world_size_of`): the same batches and
+BatchNorm statistics (over the global batch) follow; only the dropout masks, drawn per rank, and
+float rounding differ from going on with the original number. Resuming with the same number of
+processes on the same device continues exactly. Every rank reads the checkpoint: the run
+directory must be visible to all of them (a shared filesystem across nodes).
 """
 
 from __future__ import annotations
@@ -129,6 +141,11 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], *, also: tuple[t
     return path
 
 
+def world_size_of(state: dict[str, Any]) -> int:
+    """How many processes trained the run up to this checkpoint (1 for a single process)."""
+    return int(state.get("world_size", 1))
+
+
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     """The state `save_checkpoint` wrote to RUN/checkpoint.pt (tensors on the CPU); RunError
     naming the file when it is missing, corrupt or of another format."""
@@ -151,5 +168,5 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 
 __all__ = [
     "CHECKPOINT", "METRICS", "MLRUNS", "RUN_CONFIG", "TENSORBOARD", "RunError", "clear_run_dir", "default_run_dir", "has_checkpoint",
-    "load_checkpoint", "prepare_run_dir", "restore_rng_states", "rng_states", "save_checkpoint",
+    "load_checkpoint", "prepare_run_dir", "restore_rng_states", "rng_states", "save_checkpoint", "world_size_of",
 ]

@@ -31,6 +31,13 @@ thread count it reaches the same weights, bit for bit, as a run never stopped. C
 (KeyboardInterrupt) after the first validation, like the time budget, ends the run with the
 best model so far (`stopped_by` "interrupted"); the checkpoint stays that of the last complete
 epoch, from which a resumed run goes on.
+
+Several processes (torchrun; model.training.distributed): when a process group of more than one
+process is initialised, `train` runs data-parallel. The ranks share each global batch of
+`batch_size` queries (the very batches of one process), gradients are all-reduced
+(DistributedDataParallel), BatchNorm normalises over the global batch, and rank 0 alone
+evaluates, checkpoints and decides when the run ends. Its checkpoints are those of a single
+process, so a run resumes on any number of processes. Without a process group nothing changes.
 """
 
 from __future__ import annotations
@@ -71,8 +78,15 @@ from model.training.checkpoint import (
     restore_rng_states,
     rng_states,
     save_checkpoint,
+    world_size_of,
 )
 from model.training.config import TrainConfig
+from model.training.distributed import (
+    Group,
+    current,
+    use_global_batchnorm,
+    use_local_batchnorm,
+)
 from model.training.tracking import metrics_writer
 
 log = logging.getLogger(__name__)
@@ -169,12 +183,20 @@ def training_loss(
     answers: tuple[torch.Tensor, torch.Tensor],
     cfg: TrainConfig,
     generator: torch.Generator | None = None,
+    *,
+    forward: Callable[..., Any] | None = None,
+    share: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one batch. heads, rels: (B,); answers: (positions, entities), (P,) each, the
     training answers of the batch's queries as (row, entity) pairs. Returns (loss, parts), the
-    parts detached (tensors, so that a GPU is not synchronised every step)."""
+    parts detached (tensors, so that a GPU is not synchronised every step).
+
+    forward: what computes model(heads, rels) (in a data-parallel run, the
+    DistributedDataParallel wrapper of `model`); share: the factor on the branch and fused
+    terms that makes this batch a rank's shard of a global batch
+    (model.training.distributed.Group.share); the contrastive term and the parts are not scaled."""
     with torch.autocast(heads.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        logits, weights, tables = model(heads, rels)
+        logits, weights, tables = (forward or model)(heads, rels)
     branch_logits = [logits[b] for b in model.branches]
     # Losses in float32 whatever the matmul precision (both loss functions cast).
     if cfg.loss == "ce":
@@ -187,6 +209,8 @@ def training_loss(
     parts: dict[str, torch.Tensor] = {b: values[i] for i, b in enumerate(model.branches)}
     parts["fused"] = values[-1]
     loss = sum(parts.values())
+    if share != 1.0:
+        loss = loss * share
     if cfg.contrastive_weight > 0 and model.modalities:
         # A random set of entities (a permutation slice: no duplicates, no host sync).
         n = model.cfg.num_entities
@@ -244,11 +268,22 @@ def train(
 
     Ctrl-C after the first validation run ends training with the best model so far
     (stopped_by "interrupted"); before it, the KeyboardInterrupt propagates.
+
+    Under an initialised process group of W > 1 processes (torchrun: model.cli.train joins it,
+    model.training.distributed) every rank calls `train` with the same arguments; the run is
+    data-parallel (see the module docstring). Rank 0 alone writes the run directory, calls
+    `on_epoch`, shows progress, and returns the selected model with its full validation
+    metrics; the other ranks return their copy of the last weights with empty metrics. A
+    resumed run reads the checkpoint on every rank (the run directory must be visible to all).
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir to resume")
     ckpt = load_checkpoint(run_dir) if resume else None  # type: ignore[arg-type]
+    group = current()  # None: a single process, as always
+    main = group is None or group.main
+    world = 1 if group is None else group.world_size
+    progress = progress and main
     if model_config is None:
         if ckpt is not None:
             model_config = IMFConfig(**{k: v for k, v in ckpt["model_settings"].items() if k != "output"})
@@ -258,17 +293,22 @@ def train(
     started = time.monotonic()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = torch.device(cfg.device) if group is None else group.device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    if group is not None:
+        # Rank 0 comes here once train_to_bundle has built any missing features of the dataset.
+        group.barrier()
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
     model = build_model(dataset, cfg.modalities, model_cfg).to(device)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     if ckpt is not None:
         _check_resumable(run_dir, ckpt, cfg, model_cfg, dataset)  # type: ignore[arg-type]
-    elif run_dir is not None:
+    elif run_dir is not None and main:
         prepare_run_dir(run_dir, overwrite=False)
+    if group is not None:
+        _check_same_run(group, cfg, model_cfg, dataset, ckpt)
     log.info(
         "IMF on %s: branches %s, %s parameters, device %s, %s matmuls",
         dataset.name, model.branches, f"{model.num_parameters():,}", device, cfg.precision,
@@ -307,6 +347,23 @@ def train(
         history, first_epoch, train_seconds, best_mrr, best_epoch = _continue_from(cfg.init_from, model)
         best_state = copy.deepcopy(model.state_dict())
         model.to(device)
+    net: Callable[..., Any] | None = None  # what runs the forward pass, when it is not `model` itself
+    if group is not None:
+        use_global_batchnorm(model)  # the same Parameter objects: the optimizer's stay valid
+        net = group.wrap(model, device)
+        log.info(
+            "data-parallel on %d processes (%s): each global batch of %d queries in shards of about %d",
+            world, group.backend, cfg.batch_size, -(-cfg.batch_size // world),
+        )
+    if ckpt is not None and world_size_of(ckpt) != world:
+        log.info(
+            "the checkpoint was written by %d process(es); the run goes on with the same global batches on %d "
+            "(only dropout masks and float rounding differ from going on with %d)",
+            world_size_of(ckpt), world, world_size_of(ckpt),
+        )
+    # Per-answer cross-entropy weighs each query by its number of answers (model.network.losses):
+    # a rank's share of a global batch is its share of that weight.
+    query_weight = None if group is None else np.diff(train_index.offsets).astype(np.float64) if cfg.loss == "ce" and cfg.per_answer else np.ones(len(q_ents))
     # The time budget counts the whole run: a resumed one has used part of it already.
     deadline = started + cfg.max_minutes * 60 - earlier_wall_s if cfg.max_minutes else math.inf
     if ckpt is not None and time.monotonic() > deadline:
@@ -319,6 +376,10 @@ def train(
         for epoch in range(first_epoch, cfg.epochs + 1):
             model.train()
             batches = batch_order(q_rels, cfg.batch_size, cfg.relation_groups, rng)
+            if group is not None:
+                batches = group.batches(batches)
+                if not group.main:
+                    torch.manual_seed(group.dropout_seed(cfg.seed, epoch))  # this rank's own dropout masks
             t0 = time.monotonic()
             seen = 0
             loss_sum = torch.zeros((), device=device)
@@ -326,21 +387,28 @@ def train(
             bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, leave=False)
             out_of_time = False
             for step, idx in enumerate(bar):
-                ents_np, rels_np = q_ents[idx], q_rels[idx]
+                part, share = idx, 1.0  # this process's queries of the batch, and its share of the loss
+                if group is not None:
+                    mine = group.shard(len(idx))
+                    part, share = idx[mine], group.share(query_weight[idx], mine)  # type: ignore[index]
+                ents_np, rels_np = q_ents[part], q_rels[part]
                 heads = torch.from_numpy(ents_np).to(device)
                 rels = torch.from_numpy(rels_np).to(device)
                 pos, ans = train_index.pairs(train_index.rows(ents_np, rels_np))
                 answers = (torch.from_numpy(pos).to(device), torch.from_numpy(ans).to(device))
-                loss, _ = training_loss(model, heads, rels, answers, cfg, gen)
+                loss, _ = training_loss(model, heads, rels, answers, cfg, gen, forward=net, share=share)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 seen += len(idx)
-                loss_sum += loss.detach() * len(idx)
+                if group is None:
+                    loss_sum += loss.detach() * len(idx)
+                else:  # summed over the ranks at the end of the epoch: the global batches' loss
+                    loss_sum += loss.detach() * (len(idx) / world)
                 # Reading the loss synchronises a GPU: every 10 steps there, every step on a CPU. A
                 # non-finite loss poisons the running sum, so a periodic check still catches it.
                 if step % 10 == 0 or device.type == "cpu":
-                    running = float(loss_sum) / seen
+                    running = float(loss_sum) * world / seen  # several processes: this rank's shards
                     if not math.isfinite(running):
                         raise TrainingDiverged(
                             f"training diverged: the loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} "
@@ -349,10 +417,16 @@ def train(
                     if progress and step % 10 == 0:
                         rate = seen / max(time.monotonic() - t0, 1e-9)
                         bar.set_postfix(loss=f"{running:.4f}", q_per_s=f"{rate:.0f}")
-                if time.monotonic() > deadline:
-                    out_of_time = True
+                if group is None:
+                    if time.monotonic() > deadline:
+                        out_of_time = True
+                        break
+                elif deadline < math.inf and (device.type == "cpu" or step % 10 == 0) and group.decide(time.monotonic() > deadline):
+                    out_of_time = True  # rank 0's clock decides: every rank stops after the same step
                     break
             bar.close()
+            if group is not None:
+                group.sum_(loss_sum)
             loss_avg = float(loss_sum) / max(seen, 1)
             if not math.isfinite(loss_avg):  # on a GPU the last steps of an epoch were not checked yet
                 raise TrainingDiverged(f"training diverged: the mean loss of epoch {epoch} is {loss_avg}; lower --lr or use --precision fp32. Nothing was written.")
@@ -361,7 +435,7 @@ def train(
             record = {"epoch": epoch, "loss": loss_avg, "queries": seen, "seconds": epoch_s, "queries_per_s": seen / max(epoch_s, 1e-9), "lr": lr}
             train_seconds += epoch_s
             record["train_s"] = train_seconds  # training wall time so far, validation excluded: learning curves
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
+            if main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time):
                 m = evaluate(model, valid, known_index, split="valid", batch_size=cfg.eval_batch_size, device=device)
                 record["valid_mrr"] = m["mrr"]
                 record["valid_hits@10"] = m["hits@10"]
@@ -377,7 +451,7 @@ def train(
                 f", valid MRR {record['valid_mrr']:.4f} (best {best_mrr:.4f} @ {best_epoch})" if "valid_mrr" in record else "",
             )
             ended = "time budget" if out_of_time else "early stopping" if stale >= cfg.patience else "epochs" if epoch == cfg.epochs else None
-            if run_dir is not None:
+            if run_dir is not None and main:
                 save_checkpoint(run_dir, {
                     "epoch": epoch,
                     "stopped_by": ended,
@@ -397,20 +471,36 @@ def train(
                     "dataset": dataset.info(),
                     "run": dict(run_info or {}),
                     "library_version": __version__,
+                    **({"world_size": world} if group is not None else {}),
                 }, also=(metrics_writer(run_dir / METRICS, history),))
             last_done = epoch
-            for hook in on_epoch:
-                hook(record)
+            if group is None:
+                for hook in on_epoch:
+                    hook(record)
+            else:
+                ended = _end_of_epoch_together(group, on_epoch, record, ended)
             if ended is not None:
                 stopped_by = ended
                 break
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        if best_state is None:
+        if not main:
+            stopped_by = "interrupted"  # rank 0 keeps the model
+        elif best_state is None:
             raise  # nothing validated yet: no model to keep
-        stopped_by = "interrupted"
-        log.warning("interrupted after epoch %d: keeping the best model so far (epoch %d, valid MRR %.4f)", last_done, best_epoch, best_mrr)
+        else:
+            stopped_by = "interrupted"
+            log.warning("interrupted after epoch %d: keeping the best model so far (epoch %d, valid MRR %.4f)", last_done, best_epoch, best_mrr)
+    if group is not None:
+        net = None
+        use_local_batchnorm(model)  # a plain IMF again, as a bundle holds it
+        if not main:
+            model.eval()
+            return TrainResult(
+                model=model.cpu(), dataset=dataset, model_config=model.cfg, train_config=cfg, valid_metrics={}, history=history,
+                epochs_run=last_done, best_epoch=best_epoch, seconds=time.monotonic() - started, stopped_by=stopped_by, run_dir=run_dir,
+            )
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -429,6 +519,37 @@ def train(
         stopped_by=stopped_by,
         run_dir=run_dir,
     )
+
+
+def _end_of_epoch_together(group: Group, hooks: Sequence[EpochHook], record: Mapping[str, Any], ended: str | None) -> str | None:
+    """Rank 0 calls the epoch hooks; then every rank learns rank 0's decision (`ended`, or
+    "interrupted" when a hook raised KeyboardInterrupt, which is then raised on every rank).
+    Another exception out of a hook ends rank 0, and torchrun the others."""
+    interrupted = False
+    if group.main:
+        try:
+            for hook in hooks:
+                hook(record)
+        except KeyboardInterrupt:
+            interrupted = True
+    decided = group.stop_code("interrupted" if interrupted else ended)
+    if decided == "interrupted":
+        raise KeyboardInterrupt
+    return decided
+
+
+def _check_same_run(group: Group, cfg: TrainConfig, model_cfg: IMFConfig, dataset: KGDataset, ckpt: Mapping[str, Any] | None) -> None:
+    """IMFError on every rank unless all ranks run the same configuration on the same data from
+    the same point (where each rank's files live and which device it uses may differ)."""
+    local = ("device", "threads", "eval_batch_size", "dataset")
+    group.check_same_run({
+        "training": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in local},
+        "model": model_settings(model_cfg),
+        "dataset fingerprint": dataset.info()["fingerprint"],
+        "resumed after epoch": int(ckpt["epoch"]) if ckpt is not None else None,
+        "imf version": __version__,
+        "torch version": torch.__version__,
+    })
 
 
 def _check_resumable(run_dir: Path, ckpt: Mapping[str, Any], cfg: TrainConfig, model_cfg: IMFConfig, dataset: KGDataset) -> None:

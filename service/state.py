@@ -80,7 +80,8 @@ class AppState:
         self.pending += 1
         self.metrics.pending.set(self.pending)
         try:
-            return await asyncio.wait_for(self.batcher.submit(queries), self.settings.request_timeout_s)
+            async with asyncio.timeout(self.settings.request_timeout_s):  # no extra task, unlike wait_for
+                return await self.batcher.submit(queries)
         except TimeoutError:
             self.metrics.shed.labels("timeout").inc()
             raise Overloaded(f"server busy: the request did not finish within {self.settings.request_timeout_s:g}s; retry shortly") from None

@@ -43,6 +43,17 @@ def run(scenario) -> None:
     asyncio.run(scenario())
 
 
+async def busy(rec: Recorder, max_batch: int = 64) -> tuple[Batcher, asyncio.Future]:
+    """A one-worker batcher whose worker is held by a first request (query 0) until
+    `rec.gate` is set: what is submitted meanwhile queues."""
+    b = Batcher(rec, limiter=anyio.CapacityLimiter(1), workers=1, max_batch=max_batch)
+    rec.gate.clear()
+    first = asyncio.ensure_future(b.submit([0]))
+    while not b._busy:
+        await asyncio.sleep(0.001)
+    return b, first
+
+
 def test_one_request_alone_goes_at_once_in_its_own_batch() -> None:
     async def scenario() -> None:
         rec = Recorder()
@@ -57,11 +68,7 @@ def test_one_request_alone_goes_at_once_in_its_own_batch() -> None:
 def test_requests_waiting_for_a_busy_worker_share_one_batch() -> None:
     async def scenario() -> None:
         rec = Recorder()
-        b = Batcher(rec, limiter=anyio.CapacityLimiter(1), workers=1, max_batch=64)
-        rec.gate.clear()  # the first batch holds the only worker
-        first = asyncio.ensure_future(b.submit([0]))
-        while not b._busy:
-            await asyncio.sleep(0.001)
+        b, first = await busy(rec, max_batch=64)
         others = [asyncio.ensure_future(b.submit([i, 100 + i])) for i in range(1, 6)]
         await asyncio.sleep(0.01)
         assert b.waiting == 10  # queued behind the busy worker
@@ -78,11 +85,7 @@ def test_requests_waiting_for_a_busy_worker_share_one_batch() -> None:
 def test_batches_never_exceed_the_size_and_a_request_is_never_split() -> None:
     async def scenario() -> None:
         rec = Recorder()
-        b = Batcher(rec, limiter=anyio.CapacityLimiter(1), workers=1, max_batch=4)
-        rec.gate.clear()
-        first = asyncio.ensure_future(b.submit([0]))
-        while not b._busy:
-            await asyncio.sleep(0.001)
+        b, first = await busy(rec, max_batch=4)
         sizes = [3, 2, 2, 6, 1]  # 6 > max_batch: goes alone
         reqs = [asyncio.ensure_future(b.submit(list(range(10 * (j + 1), 10 * (j + 1) + n)))) for j, n in enumerate(sizes)]
         await asyncio.sleep(0.01)
@@ -99,11 +102,7 @@ def test_batches_never_exceed_the_size_and_a_request_is_never_split() -> None:
 def test_a_failing_request_fails_alone() -> None:
     async def scenario() -> None:
         rec = Recorder(fail_on={13})
-        b = Batcher(rec, limiter=anyio.CapacityLimiter(1), workers=1, max_batch=64)
-        rec.gate.clear()
-        first = asyncio.ensure_future(b.submit([0]))
-        while not b._busy:
-            await asyncio.sleep(0.001)
+        b, first = await busy(rec, max_batch=64)
         good1 = asyncio.ensure_future(b.submit([1, 2]))
         bad = asyncio.ensure_future(b.submit([13]))
         good2 = asyncio.ensure_future(b.submit([3]))
@@ -123,11 +122,7 @@ def test_a_failing_request_fails_alone() -> None:
 def test_a_request_that_gives_up_before_its_batch_is_left_out() -> None:
     async def scenario() -> None:
         rec = Recorder()
-        b = Batcher(rec, limiter=anyio.CapacityLimiter(1), workers=1, max_batch=64)
-        rec.gate.clear()
-        first = asyncio.ensure_future(b.submit([0]))
-        while not b._busy:
-            await asyncio.sleep(0.001)
+        b, first = await busy(rec, max_batch=64)
         gone = asyncio.ensure_future(b.submit([7]))
         kept = asyncio.ensure_future(b.submit([8]))
         await asyncio.sleep(0.01)

@@ -303,6 +303,21 @@ class IMF(nn.Module):
         logits = {b: queries[b] @ tables[b].T for b in self.branches}
         return logits, self.decision_weights(rel_ids), tables
 
+    def subset_logits(
+        self, ids: Tensor, heads: Tensor, rel_ids: Tensor, candidates: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
+        """Scoring against a subset of the entities, the entity tables computed for `ids` only
+        (sampled training, model.training.sampling: the cost does not grow with N).
+
+        ids: (U,) entity ids; heads: (B,) and candidates: (C,) positions in `ids`; rel_ids: (B,).
+        Returns (logits, weights, tables): logits[b] (B, C) against the entities ids[candidates],
+        weights (B, num_branches), tables[b] (U, d) the rows of `entity_tables()` for `ids`.
+        """
+        tables = self.entity_tables(ids)
+        queries = self.query_vectors(heads, rel_ids, tables)
+        logits = {b: queries[b] @ tables[b][candidates].T for b in self.branches}
+        return logits, self.decision_weights(rel_ids), tables
+
     def log_normalizers(self, queries: dict[str, Tensor], tables: dict[str, Tensor], chunk: int = 65536) -> dict[str, Tensor]:
         """log sum_t exp(s_b(h, r, t)) over all N entities, per branch: (B,) each, float64.
 

@@ -7,12 +7,17 @@ p(t | h, r) = sum_b w_b(r) P_b(t | h, r). The target of a query spreads mass 1 e
 training answers. The loss is sum_b CE(P_b) + CE(p): every branch must predict on its own (so
 `/explain` can show what each one says), and the mixture learns which to trust per relation.
 
+Sampled softmax (`sampled_logit_correction`, model.training.sampling): the same cross-entropy
+over a shared sample of candidates instead of all N entities, with the logQ correction.
+
 `fusion_bce` is the hot path of training (it touches num_branches x B x N elements several
 times), so it is one autograd Function with a hand-written backward instead of a chain of
 elementwise ops; tests check it against plain autograd on the textbook formulas.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -172,3 +177,21 @@ def mixture_cross_entropy(
         mix = mix - smoothing * (row_weight * torch.logsumexp(full, dim=0).mean(dim=1)).sum()
     losses.append(mix / b_rows)
     return torch.stack(losses)
+
+
+def sampled_logit_correction(counts: Tensor, log_q: Tensor, draws: int) -> Tensor:
+    """The logQ correction of sampled negatives, subtracted from their logits: (C,) for C
+    distinct negatives.
+
+    counts: (C,) how often each distinct negative came up among the `draws` = K draws with
+    replacement from the proposal q; log_q: (C,) log q of each. The correction is
+    log(K q_c / n_c), the log of the expected count over the observed count, so that
+
+        sum_c n_c exp(s_c) / (K q_c) = sum_c exp(s_c - log(K q_c / n_c))
+
+    is an unbiased estimate of sum_e exp(s_e) over the entities that are not answers of the
+    batch (those are always in the sample, uncorrected, and their draws are dropped). With
+    K = N uniform draws hitting every entity once (q = 1/N, n = 1) the correction is 0 and the
+    sampled softmax is the full one.
+    """
+    return math.log(draws) + log_q.double() - torch.log(counts.double())

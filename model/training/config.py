@@ -16,6 +16,16 @@ def modality_list(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
 
+def negatives_or_auto(text: str) -> int | None:
+    """'auto' -> None (chosen by the graph's size); '0' or 'all' -> 0 (1-vs-all); else K > 0."""
+    t = text.strip().lower()
+    if t == "auto":
+        return None
+    if t in ("0", "all"):
+        return 0
+    return positive_int(text)
+
+
 def count_or_all(text: str) -> int | None:
     """A positive count, or None for "0" / "none" (all)."""
     return None if text.strip().lower() in ("0", "none") else positive_int(text)
@@ -39,6 +49,14 @@ class TrainConfig:
         "--per-answer": "ce: weight each query by its number of answers, i.e. per-triple 1-vs-all cross-entropy (the default with ce)",
         "--per-query": "ce: weight every query alike (answers share one unit of target mass)",
     }, flags={"--per-answer": True, "--per-query": False})
+    # Sampled training (model.training.sampling): each batch is scored against its own answers
+    # plus K shared negatives instead of all N entities. None (auto): the graph's size decides
+    # (model.training.sizing.training_negatives); 0: 1-vs-all.
+    negatives: int | None = setting(None, "sampled training: score each batch against its answers + K shared random negatives "
+                                    "(sampled softmax, docs/training.md); 0 or all: 1-vs-all over every entity; auto (default): "
+                                    "sampled with K=4096 above 200,000 entities, else 1-vs-all", parse=negatives_or_auto, metavar="K")
+    negative_sampling: str = setting("uniform", "sampled training: the negatives' distribution, uniform or frequency "
+                                     "(training-triple degree^0.75)", choices=("uniform", "frequency"))
     contrastive_weight: float = setting(0.0, "lambda of the contrastive loss; 0 disables it (docs/benchmarks.md measures it)")
     temperature: float = setting(0.1, "tau of the contrastive loss")
     contrastive_size: int = setting(512, "entities per batch in the contrastive loss", parse=positive_int)
@@ -64,6 +82,8 @@ class TrainConfig:
             "loss": self.loss in ("ce", "bce"),
             "label_smoothing": self.label_smoothing is None or 0 <= self.label_smoothing < 1,
             "per_answer": not self.per_answer or self.loss == "ce",
+            "negatives": self.negatives is None or self.negatives >= 0,
+            "negative_sampling": self.negative_sampling in ("uniform", "frequency"),
             "contrastive_weight": self.contrastive_weight >= 0,
             "temperature": self.temperature > 0,
             "contrastive_size": self.contrastive_size >= 2,
@@ -79,6 +99,11 @@ class TrainConfig:
             raise ValueError(f"invalid training parameter(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
         if self.label_smoothing is None:
             self.label_smoothing = 0.1 if self.loss == "bce" else 0.0
+        if self.negatives and (self.loss != "ce" or self.label_smoothing):
+            raise ValueError(
+                f"sampled training (negatives={self.negatives}) needs loss 'ce' without label smoothing "
+                "(both others need every entity's logit); pass --negatives 0 for 1-vs-all"
+            )
         if self.per_answer is None:
             self.per_answer = self.loss == "ce"
 

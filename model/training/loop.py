@@ -13,6 +13,10 @@ counts them; higher validation MRR at equal epochs than weighting every query al
 sum_b BCEWithLogits(s_b, y') + BCE(sum_b w_b sigmoid s_b, y') with label-smoothed 0/1 targets
 y'. Cross-entropy learns far faster in the first epochs. docs/benchmarks.md section 2.3 measures
 each of these choices at equal epochs.
+Sampled training (`negatives` = K > 0; by default above 200,000 entities, model.training.sizing):
+each batch is scored against its own answers plus K shared random negatives with the logQ
+correction, the entity tables computed for the touched entities only
+(model.training.sampling; docs/training.md). With K = 0 nothing of the above changes.
 Model selection and early stopping use the validation split only (filtered MRR of the fused
 model); the test split is never looked at here.
 
@@ -87,6 +91,16 @@ from model.training.distributed import (
     use_global_batchnorm,
     use_local_batchnorm,
 )
+from model.training.sampling import (
+    LazyAdam,
+    NegativeSampler,
+    SampledForward,
+    draw_sample,
+    entity_degrees,
+    sampled_training_loss,
+    sparse_entity_tables,
+)
+from model.training.sizing import training_negatives
 from model.training.tracking import metrics_writer
 
 log = logging.getLogger(__name__)
@@ -95,6 +109,8 @@ log = logging.getLogger(__name__)
 # dataset is (its content is checked: the fingerprint). Anything else would make it another run
 # than the one its checkpoint holds.
 RESUMABLE_CHANGES = ("epochs", "max_minutes", "device", "threads", "eval_batch_size", "dataset")
+# What a checkpoint written before a training option existed ran with.
+LEGACY_TRAIN_SETTINGS = {"negatives": 0, "negative_sampling": "uniform"}
 
 EpochHook = Callable[[Mapping[str, Any]], None]
 
@@ -157,6 +173,23 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "fp32"
+
+
+def resolve_negatives(cfg: TrainConfig, num_entities: int) -> TrainConfig:
+    """`cfg` with `negatives` decided (None, auto: by the graph's size,
+    model.training.sizing.training_negatives), the training mode logged with the reason."""
+    k = cfg.negatives
+    if k is None:
+        if cfg.loss != "ce" or cfg.label_smoothing:
+            k, why = 0, "1-vs-all scoring (sampled training needs --loss ce without label smoothing)"
+        else:
+            k, why = training_negatives(num_entities)
+        log.info("training mode (--negatives auto): %s", why)
+    elif k > 0:
+        log.info("training mode: sampled softmax, each batch against its answers + %d shared %s negatives (--negatives %d)", k, cfg.negative_sampling, k)
+    else:
+        log.info("training mode: 1-vs-all scoring against all %s entities (--negatives 0)", f"{num_entities:,}")
+    return dataclasses.replace(cfg, negatives=k)
 
 
 def build_model(dataset: KGDataset, modalities: list[str] | None, cfg: IMFConfig) -> IMF:
@@ -303,6 +336,7 @@ def train(
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
     model = build_model(dataset, cfg.modalities, model_cfg).to(device)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+    cfg = resolve_negatives(cfg, dataset.num_entities)
     if ckpt is not None:
         _check_resumable(run_dir, ckpt, cfg, model_cfg, dataset)  # type: ignore[arg-type]
     elif run_dir is not None and main:
@@ -322,7 +356,11 @@ def train(
 
     # fused=True: one kernel for the whole update; the unfused CPU Adam costs more than the
     # forward pass here (tens of millions of core-tensor parameters).
-    optimizer = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=cfg.lr, fused=True)
+    # Sampled training in one process: sparse gradients on the entity tables, Adam on the rows
+    # touched (model.training.sampling.LazyAdam): no step then costs O(N).
+    lazy = bool(cfg.negatives) and group is None
+    sparse_entity_tables(model, lazy)
+    optimizer = (LazyAdam if lazy else torch.optim.Adam)((p for p in model.parameters() if p.requires_grad), lr=cfg.lr, fused=True)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
     best_mrr, best_state, best_epoch = -math.inf, None, 0
     stale = 0
@@ -350,7 +388,9 @@ def train(
     net: Callable[..., Any] | None = None  # what runs the forward pass, when it is not `model` itself
     if group is not None:
         use_global_batchnorm(model)  # the same Parameter objects: the optimizer's stay valid
-        net = group.wrap(model, device)
+        # Sampled training: the same Parameter objects behind a module whose forward is the
+        # subset scoring (model.training.sampling; every rank draws the same negatives).
+        net = group.wrap(model if not cfg.negatives else SampledForward(model), device)
         log.info(
             "data-parallel on %d processes (%s): each global batch of %d queries in shards of about %d",
             world, group.backend, cfg.batch_size, -(-cfg.batch_size // world),
@@ -361,6 +401,10 @@ def train(
             "(only dropout masks and float rounding differ from going on with %d)",
             world_size_of(ckpt), world, world_size_of(ckpt),
         )
+    sampler = None
+    if cfg.negatives:
+        degrees = entity_degrees(dataset.train, dataset.num_entities) if cfg.negative_sampling == "frequency" else None
+        sampler = NegativeSampler(dataset.num_entities, int(cfg.negatives), cfg.negative_sampling, degrees)
     # Per-answer cross-entropy weighs each query by its number of answers (model.network.losses):
     # a rank's share of a global batch is its share of that weight.
     query_weight = None if group is None else np.diff(train_index.offsets).astype(np.float64) if cfg.loss == "ce" and cfg.per_answer else np.ones(len(q_ents))
@@ -395,8 +439,13 @@ def train(
                 heads = torch.from_numpy(ents_np).to(device)
                 rels = torch.from_numpy(rels_np).to(device)
                 pos, ans = train_index.pairs(train_index.rows(ents_np, rels_np))
-                answers = (torch.from_numpy(pos).to(device), torch.from_numpy(ans).to(device))
-                loss, _ = training_loss(model, heads, rels, answers, cfg, gen, forward=net, share=share)
+                if sampler is None:
+                    answers = (torch.from_numpy(pos).to(device), torch.from_numpy(ans).to(device))
+                    loss, _ = training_loss(model, heads, rels, answers, cfg, gen, forward=net, share=share)
+                else:
+                    contrastive = cfg.contrastive_size if cfg.contrastive_weight > 0 and model.modalities else 0
+                    sample = draw_sample(sampler, torch.from_numpy(ents_np), torch.from_numpy(ans), gen, contrastive).to(device)
+                    loss, _ = sampled_training_loss(model, sample, rels, torch.from_numpy(pos).to(device), cfg, forward=net, share=share)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -492,6 +541,7 @@ def train(
         else:
             stopped_by = "interrupted"
             log.warning("interrupted after epoch %d: keeping the best model so far (epoch %d, valid MRR %.4f)", last_done, best_epoch, best_mrr)
+    sparse_entity_tables(model, False)  # dense gradients again, as a bundle's model has them
     if group is not None:
         net = None
         use_local_batchnorm(model)  # a plain IMF again, as a bundle holds it
@@ -558,6 +608,7 @@ def _check_resumable(run_dir: Path, ckpt: Mapping[str, Any], cfg: TrainConfig, m
     where = run_dir / "checkpoint.pt"
     theirs = ckpt["train_config"]
     mine = dataclasses.asdict(cfg)
+    theirs = {**LEGACY_TRAIN_SETTINGS, **theirs}
     diff = [f"{k} {theirs.get(k)!r} (the run's) vs {v!r}" for k, v in mine.items() if k not in RESUMABLE_CHANGES and theirs.get(k) != v]
     theirs_m = ckpt["model_settings"]
     diff += [f"{k} {theirs_m.get(k)!r} (the run's) vs {v!r}" for k, v in model_settings(model_cfg).items() if theirs_m.get(k) != v]

@@ -28,6 +28,12 @@ graph stops after about 4 minutes.
 
 from __future__ import annotations
 
+# Sampled training (model.training.sampling) by default above this many entities: 1-vs-all
+# costs B x d x N per branch per step and computes every modality table over all N entities,
+# so its epoch grows with training queries x N; docs/training.md measures both modes.
+SAMPLED_MIN_ENTITIES = 200_000
+DEFAULT_NEGATIVES = 4096
+
 SMALL_GRAPH_TRIPLES = 50_000
 MINUTES_PER_COST = 6.5e7  # training triples x entities per minute of budget (2-core CPU)
 MIN_MINUTES, MAX_MINUTES = 20.0, 120.0
@@ -60,3 +66,14 @@ def describe_graph(num_entities: int, num_relations: int, num_train: int) -> str
     """The graph's size in words, as the sizing log line starts: "1,103 entities, ... (small graph)"."""
     kind = "small" if num_train < SMALL_GRAPH_TRIPLES else "large"
     return f"{num_entities:,} entities, {num_relations:,} relations, {num_train:,} training triples ({kind} graph)"
+
+
+def training_negatives(num_entities: int) -> tuple[int, str]:
+    """(K, why) for `--negatives auto`: K = DEFAULT_NEGATIVES (sampled training) above
+    SAMPLED_MIN_ENTITIES entities, else 0 (1-vs-all), with the reason in words for the log."""
+    if num_entities > SAMPLED_MIN_ENTITIES:
+        return DEFAULT_NEGATIVES, (
+            f"{num_entities:,} entities > {SAMPLED_MIN_ENTITIES:,}: sampled softmax against each batch's answers + "
+            f"{DEFAULT_NEGATIVES} shared negatives (1-vs-all would score every query against all entities); --negatives 0 forces 1-vs-all"
+        )
+    return 0, f"{num_entities:,} entities <= {SAMPLED_MIN_ENTITIES:,}: 1-vs-all scoring against every entity; --negatives K samples instead"

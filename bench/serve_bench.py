@@ -12,7 +12,7 @@ something on the scaled one only.)
 Phases (same queries throughout: test triples, tail and head prediction alternating):
 1. engine, in-process, 1 torch + 1 FAISS thread: start-up (first start builds the FAISS index,
    a later start loads it), recall@10 of retrieve-then-rescore against exhaustive full-model
-   scoring (the same filtered top 10), for K' in a sweep and both candidate schemes, and the
+   scoring (the same filtered top 10), for K' in a sweep, and the
    per-query latency of both paths, interleaved query by query (exhaustive = what the reference
    implementation does), and for IVF indexes an nprobe sweep;
 2. app time: bench/app_time.py, the app called in-process through ASGI (no network, no client):
@@ -140,12 +140,8 @@ def engine_phase(bundle: Path, n_queries: int, candidates: int, index_kind: str,
         worst = max([worst, *(abs(a.score - b.score) / max(b.score, 1e-300) for a, b in zip(got, ref))])
     sweep = {}
     for kp in sorted({50, 100, candidates, 2 * candidates}):
-        for scheme in ("union", "surrogate"):
-            variant = Predictor(p.bundle, p.index, p.tables, candidates=kp, load_seconds=0, scheme=scheme)
-            try:
-                sweep[f"{scheme}@{kp}"] = recall(variant, queries, exact)[0]
-            except ValueError:  # a per-branch index has no surrogate search
-                sweep[f"{scheme}@{kp}"] = None
+        variant = Predictor(p.bundle, p.index, p.tables, candidates=kp, load_seconds=0)
+        sweep[f"union@{kp}"] = recall(variant, queries, exact)[0]  # the key of earlier results files
     nprobe_sweep = {}
     if p.index is not None and p.index.kind in ("ivf", "ivfpq"):  # the IVF speed / recall trade-off
         default = p.index.nprobe
@@ -565,11 +561,9 @@ def main() -> int:
     ivf = f", nprobe {e['nprobe']}, refine {e['refine_factor']}" if e["nprobe_sweep"] else ""
     print(f"\n### {args.name}: {e['entities']:,} entities, branches {', '.join(e['branches'])}, {e['index']} index, K'={e['candidates_default']}{ivf}\n")
     print("| measure | value |\n|---|---|")
-    def f4(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
-
-    print(f"| recall@10 vs exhaustive, default K' (union / surrogate only) | {f4(e['recall_at_10'][f'union@{args.candidates}'])} / {f4(e['recall_at_10'][f'surrogate@{args.candidates}'])} |")
-    print(f"| recall@10 sweep | {', '.join(f'{k}: {f4(v)}' for k, v in e['recall_at_10'].items())} |")
+    default_recall = e["recall_at_10"][f"union@{args.candidates}"]
+    print(f"| recall@10 vs exhaustive, default K' (union of the branches' searches) | {default_recall:.4f} |")
+    print(f"| recall@10 sweep | {', '.join(f'{k}: {v:.4f}' for k, v in e['recall_at_10'].items())} |")
     print(f"| engine p50 / p99, retrieve + rescore | {e['engine_p50_ms']:.2f} / {e['engine_p99_ms']:.2f} ms |")
     print(f"| engine p50 / p99, exhaustive (baseline) | {e['exhaustive_p50_ms']:.2f} / {e['exhaustive_p99_ms']:.2f} ms |")
     print(f"| engine p50 / p99, reference (the model's own scoring, nothing precomputed) | {e['reference_p50_ms']:.2f} / {e['reference_p99_ms']:.2f} ms |")
@@ -583,9 +577,9 @@ def main() -> int:
         print(f"| batched, ms per query at B = 1 / 8 / 32 | {' / '.join(f'{v:.2f}' for v in ab['batched_ms_per_query'].values())} |")
     print(f"| speed-up at p50 | {e['speedup_p50']:.1f}x |")
     for nprobe, r in e["nprobe_sweep"].items():
-        print(f"| nprobe {nprobe}: recall@10 (union, K'={args.candidates}), engine p50 | {r['recall_at_10']:.4f}, {r['p50_ms']:.2f} ms |")
+        print(f"| nprobe {nprobe}: recall@10 (K'={args.candidates}), engine p50 | {r['recall_at_10']:.4f}, {r['p50_ms']:.2f} ms |")
     for factor, r in e["refine_sweep"].items():
-        print(f"| refine factor {factor}: recall@10 (union, K'={args.candidates}), engine p50 | {r['recall_at_10']:.4f}, {r['p50_ms']:.2f} ms |")
+        print(f"| refine factor {factor}: recall@10 (K'={args.candidates}), engine p50 | {r['recall_at_10']:.4f}, {r['p50_ms']:.2f} ms |")
     if e.get("normaliser"):
         nz = e["normaliser"]
         for m in ("candidates", "estimate"):

@@ -68,9 +68,14 @@ class View:
 
     @cached_property
     def columns(self) -> dict[str, Tensor]:
-        """The tables as contiguous (d, N + M) copies, the layout exhaustive scoring reads
-        fastest (model.network.serving.column_tables); built once per view, on first use."""
-        return column_tables(self.tables)
+        """The tables as (d, N + M) columns, what exhaustive scoring reads: contiguous copies
+        up to EXHAUSTIVE_MAX_ENTITIES entities (a (B, d) x (d, N) product reads them about 3x
+        faster than (N, d) rows, docs/benchmarks.md section 5; model.network.serving.
+        column_tables), transposed views of the rows above (an index serves those: no copy is
+        kept). Built once per view."""
+        if self.size <= EXHAUSTIVE_MAX_ENTITIES:
+            return column_tables(self.tables)
+        return {b: t.T for b, t in self.tables.items()}
 
 
 CONTENT = ("id", "name", "description", "numeric", "text_vector", "model")  # what an added entity is
@@ -167,10 +172,8 @@ class AddedEntities:
 
     @staticmethod
     def _warm(view: View) -> View:
-        """The view with its column tables built when the engine scores it exhaustively (up to
-        EXHAUSTIVE_MAX_ENTITIES entities), so that no request pays for them."""
-        if view.size <= EXHAUSTIVE_MAX_ENTITIES:
-            view.columns  # noqa: B018
+        """The view with its column tables built, so that no request pays for them."""
+        view.columns  # noqa: B018
         return view
 
     def check_new_entity(self, name: str, description: str, numeric: dict[str, float], entity_id: str | None, *, max_text: int) -> None:

@@ -10,12 +10,13 @@ branch's entity table C_b (and the fused one) -> load the bundle's FAISS index w
 fingerprint matches, or build one -> ready.
 
 A query (e, r', k, filter):
-    q_b = decoder_b(C_b[e], r')                         every branch, (1, d)
-    xq  = [w_b(r') q_b]_b                               FAISS query, see service/index.py
-    I   = union of the top candidates for xq and for    candidates (K' shared among the
-          each branch's block of xq alone                searches, + #known answers)
+    q_b = BN1_b(BN0_b(C_b[e]) M_b(r'))                  every branch, (1, d); M_b(r') and
+                                                        w(r') precomputed (FrozenIMF)
+    I   = union of each branch's top candidates for     candidates (K' shared among the
+          q_b in its own index part                     branches, + #known answers)
     p   = sum_b w_b P_b(q_b . C_b[I])                   exact decision-fusion rescoring
-          (P_b: softmax over the entities, or sigmoid for BCE-trained bundles)
+          (P_b: softmax over the entities, or sigmoid for BCE-trained bundles; the softmax
+          normaliser exact up to EXHAUSTIVE_MAX_ENTITIES, estimated above)
     known answers removed (or flagged), sorted by p, top k
 
 Searching K' plus the number of known answers means filtering can never leave fewer than k
@@ -68,16 +69,6 @@ def _pad(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _columns(view: View) -> dict[str, Tensor]:
-    """The tables exhaustive scoring reads, (d, N) each: the view's contiguous column copies
-    (a (B, d) x (d, N) product reads them about 3x faster than (N, d) rows, docs/benchmarks.md
-    section 5), or, above EXHAUSTIVE_MAX_ENTITIES entities, where an index serves and no copy
-    is kept, transposed views of the rows."""
-    if view.size <= EXHAUSTIVE_MAX_ENTITIES:
-        return view.columns
-    return {b: t.T for b, t in view.tables.items()}
-
-
 @dataclass
 class Explained(Ranked):
     """A ranked answer with each branch's probability, contribution and rank (`Predictor.explain`)."""
@@ -89,14 +80,10 @@ class Predictor:
     """Loaded model + tables + index; thread-safe for concurrent reads (additions swap a view)."""
 
     def __init__(
-        self, bundle: Bundle, index: CandidateIndex | None, tables: dict[str, Tensor], *, candidates: int, load_seconds: float, scheme: str = "union"
+        self, bundle: Bundle, index: CandidateIndex | None, tables: dict[str, Tensor], *, candidates: int, load_seconds: float
     ) -> None:
         """index None: no retrieval, every query scores all entities exactly. tables: every
-        branch's (N, d) entity table. scheme "surrogate": the weighted-logit search alone (for
-        measurements; "union" adds each branch's own search)."""
-        if scheme not in ("union", "surrogate"):
-            raise ValueError(f"scheme must be 'union' or 'surrogate', not {scheme!r}")
-        self.scheme = scheme
+        branch's (N, d) entity table."""
         self.bundle = bundle
         self.model: IMF = bundle.model
         self.index = index
@@ -131,7 +118,7 @@ class Predictor:
         type with K', nprobe and the refinement factor; the extras (calibration, feature map)
         and the generation of added entities (an added entity can enter any answer)."""
         extras = self.bundle.extras_fingerprint[:8]
-        base = EXACT if self.index is None else f"{self.index.kind}-c{self.candidates}-p{self.index.nprobe}-r{self.index.refine_factor}-{self.scheme}"
+        base = EXACT if self.index is None else f"{self.index.kind}-c{self.candidates}-p{self.index.nprobe}-r{self.index.refine_factor}"
         return f"{base}-x{extras}-g{self.added.view.generation}"
 
     # ------------------------------------------------------------------ start-up
@@ -222,8 +209,6 @@ class Predictor:
         n, nb = self.num_base, len(self.branches)
         if len(index.parts) != nb:
             raise ValueError(f"the index has {len(index.parts)} parts for {nb} branches: build it with one part per branch table")
-        if self.scheme != "union":
-            raise ValueError("a per-branch index has no weighted-logit surrogate search; use scheme 'union'")
         added = np.arange(n, total or self.num_entities, dtype=np.int64)
         share = -(-self.candidates // nb)
         # Each query's depth depends on that query alone (its k and its number of known
@@ -348,7 +333,7 @@ class Predictor:
         memory stays near EXHAUSTIVE_CHUNK_BYTES whatever its batch size."""
         n, nb = view.size, len(self.branches)
         rows = max(1, EXHAUSTIVE_CHUNK_BYTES // (8 * n * (nb + 2)))  # nb branch terms + the sum + logits
-        columns = _columns(view)
+        columns = view.columns
         out: list[list[Ranked]] = []
         for start in range(0, len(queries), rows):
             sl = slice(start, start + rows)
@@ -386,7 +371,7 @@ class Predictor:
         q.filter_known; ties broken by entity id, as top_k_with_filter does)."""
         view = self.added.view
         qv, w = self._queries([q.entity], [self._rel(q)], view.tables)
-        p = self.frozen.score_all(qv, w, _columns(view))[0].numpy()  # as /predict scores it
+        p = self.frozen.score_all(qv, w, view.columns)[0].numpy()  # as /predict scores it
         known = known_mask(self._known_rows(q), len(p))
         ahead = (p > p[entity]) | ((p == p[entity]) & (np.arange(len(p)) < entity))
         if q.filter_known:
@@ -413,7 +398,7 @@ class Predictor:
         weights = {b: float(w[0, i]) for i, b in enumerate(self.branches)}
         out = []
         # Each branch's logits against all entities, once, for the per-branch ranks.
-        columns = _columns(view)
+        columns = view.columns
         all_logits = {b: (qv[b] @ columns[b])[0] for b in self.branches}  # (N,)
         probs = self.model.branch_probabilities({b: v[None] for b, v in all_logits.items()})  # (1, N) each
         for j, c in enumerate(ranked):

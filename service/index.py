@@ -148,8 +148,8 @@ EXHAUSTIVE_MAX_ENTITIES = 200_000
 def resolve_kind(kind: str, num_entities: int) -> str:
     """'auto' -> "exact" below EXHAUSTIVE_MAX_ENTITIES entities, "ivfpq" from there on.
 
-    A flat index computes the same N dot products that exhaustive full-model scoring does (and
-    the engine searches it once per branch plus once for the surrogate), so below a few hundred
+    A flat index computes the same N dot products that exhaustive full-model scoring does (one
+    search per branch), so below a few hundred
     thousand entities scoring everything exactly is both exact and faster (docs/benchmarks.md
     measures both). Sublinear indexes (IVF, PQ, HNSW) win at scale.
     """

@@ -331,3 +331,27 @@ def test_settings_fail_fast() -> None:
         Settings(redis_url="http://localhost:6379")
     with pytest.raises(ValueError, match="IMF_MAX_K"):
         Settings(max_k=500, candidates=100)
+    with pytest.raises(ValueError, match="batch_size"):
+        Settings(batch_size=0)
+    with pytest.raises(ValueError, match="batch_wait_ms"):
+        Settings(batch_wait_ms=-1)
+
+
+def test_a_cache_entry_the_service_did_not_write_is_recomputed(client: TestClient, names: dict) -> None:
+    """Hits are served as stored bytes, unparsed: an entry that is not an answer (a foreign or
+    damaged value under the key) is ignored, the answer computed again and the entry replaced."""
+    import asyncio
+
+    from service.query import Query
+
+    state = client.app.state.imf
+    p = state.predictor
+    q = p.names.resolve(names["head_id"], names["relation"], direction="tail", k=4, filter_known=True)
+    key = Query.cache_key(q, p.bundle.fingerprint, p.retrieval)
+    for junk in (b"not json", b'{"model": "x"}', b""):
+        asyncio.run(state.cache.set_many([(key, junk)], 60))
+        r = client.post("/predict", json={"head": names["head_id"], "relation": names["relation"], "k": 4})
+        assert r.status_code == 200 and r.json()["cached"] is False
+        PredictResponse.model_validate_json(r.content, strict=True)
+        again = client.post("/predict", json={"head": names["head_id"], "relation": names["relation"], "k": 4})
+        assert again.json()["cached"] is True and again.json()["predictions"] == r.json()["predictions"]

@@ -247,6 +247,10 @@ def session(device: str) -> Iterator[Group | None]:
     except Exception as exc:
         log.error("rank %d of %d failed: %s: %s", group.rank, group.world_size, type(exc).__name__, exc)
         raise
+    # Every rank leaves together: rank 0 hosts the group's store, and a rank still tearing its
+    # group down after rank 0 has exited aborts in gloo ("terminate called without an active
+    # exception", seen once in CI).
+    dist.barrier()
     dist.destroy_process_group()
 
 

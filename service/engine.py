@@ -41,9 +41,10 @@ from model.bundle.format import Bundle, load_bundle
 from model.evaluation.predict import Ranked, known_mask, top_k_with_filter
 from model.kg.triples import query_relation
 from model.network.imf import IMF
-from model.network.serving import FrozenIMF
+from model.network.serving import CHUNK, FrozenIMF, all_logits, serving_tables
 from service.added import AddedEntities, View
 from service.index import DEFAULT_CANDIDATES, DEFAULT_NPROBE, DEFAULT_REFINE_FACTOR, EXACT, EXHAUSTIVE_MAX_ENTITIES, INDEX_DIR, CandidateIndex, resolve_kind
+from service import tables as stored_tables
 from service.names import NameResolver
 from service.query import Query
 
@@ -53,6 +54,60 @@ log = logging.getLogger(__name__)
 EXHAUSTIVE_CHUNK_BYTES = 64 * 2**20
 # Entities sampled for the softmax normaliser's tail above EXHAUSTIVE_MAX_ENTITIES (`Predictor._log_normalizers`).
 NORMALISER_SAMPLE = 4096
+# A search's extra depth for a query's known answers is rounded up to a multiple of this.
+KNOWN_STEP = 256
+# Members of each IVF list sampled once for the normaliser estimate (`Strata`).
+STRATUM_SAMPLE = 8
+
+
+@dataclass(frozen=True)
+class Head:
+    """What one branch's search found for one query: the entities it re-ranked exactly (M,),
+    their exact logits (M,), and the IVF lists it visited (nprobe,) (None without lists)."""
+
+    ids: np.ndarray
+    logits: Tensor
+    probed: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Strata:
+    """One branch's IVF lists as strata of its normaliser estimate: the list of every bundle
+    entity (N,) int32, the size of each list (nlist,), a fixed sample of STRATUM_SAMPLE members
+    of each list (nlist, m) (-1 padded) and their rows (nlist, m, d) float32 (zeros where padded)."""
+
+    list_of: np.ndarray
+    sizes: np.ndarray
+    sample: np.ndarray
+    rows: Tensor
+    uniform_lists: np.ndarray  # the list of each member of the engine's uniform sample (S,)
+
+
+def _among(values: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """np.isin(values, sorted_unique) for a sorted array without repeats (np.unique's output):
+    a binary search each, cheaper than isin's hashing for the few thousand values here."""
+    if len(sorted_unique) == 0:
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_unique, values), len(sorted_unique) - 1)
+    return sorted_unique[at] == values
+
+
+def _stratum_estimate(st: Strata, probed: np.ndarray, in_head: np.ndarray, head: np.ndarray, q: Tensor) -> Tensor:
+    """log of the estimated sum of exp(s) over the visited lists' entities outside the head:
+    per list, (members outside the head) x the mean of exp(s) over its sampled members outside
+    the head. A list whose sampled members are all in the head (rare) counts the rest of its
+    members at the lowest sampled logit (they ranked below those). q: (d,); -inf when empty."""
+    members = st.sample[probed]  # (P, m)
+    s = (st.rows[torch.from_numpy(probed)] @ q).double()  # (P, m)
+    taken = members >= 0
+    counted = taken & ~_among(members, head)
+    rest = torch.from_numpy((st.sizes[probed] - in_head[probed]).astype(np.float64))  # (P,)
+    n_counted = torch.from_numpy(counted.sum(axis=1).astype(np.float64))
+    mean = torch.logsumexp(s.masked_fill(torch.from_numpy(~counted), -math.inf), 1) - n_counted.log()
+    low = s.masked_fill(torch.from_numpy(~taken), math.inf).amin(1)
+    per_list = torch.where(n_counted > 0, mean, low) + rest.log()
+    per_list = per_list[(rest > 0) & torch.from_numpy(taken.any(axis=1))]
+    return torch.logsumexp(per_list, 0) if len(per_list) else torch.tensor(-math.inf, dtype=torch.float64)
 
 
 def _bucket(depth: int) -> int:
@@ -119,7 +174,9 @@ class Predictor:
         and the generation of added entities (an added entity can enter any answer)."""
         extras = self.bundle.extras_fingerprint[:8]
         base = EXACT if self.index is None else f"{self.index.kind}-c{self.candidates}-p{self.index.nprobe}-r{self.index.refine_factor}"
-        return f"{base}-x{extras}-g{self.added.view.generation}"
+        dtype = self.base_tables[self.branches[0]].dtype
+        stored = "" if dtype == torch.float32 else f"-{str(dtype).removeprefix('torch.')}"  # float16 tables round each number
+        return f"{base}{stored}-x{extras}-g{self.added.view.generation}"
 
     # ------------------------------------------------------------------ start-up
 
@@ -133,22 +190,36 @@ class Predictor:
         nprobe: int = DEFAULT_NPROBE,
         refine_factor: int = DEFAULT_REFINE_FACTOR,
         save_index: bool = True,
+        table_dtype: str = "auto",
     ) -> Predictor:
+        """table_dtype: how the entity tables are stored (service.tables.resolve_dtype)."""
         t0 = time.monotonic()
         bundle = load_bundle(path)
-        with torch.no_grad():
-            tables = {b: t.detach().contiguous() for b, t in bundle.model.entity_tables().items()}
+        model = bundle.model
         n = len(bundle.vocab.entity_ids)
         kind = resolve_kind(index_kind, n)
+        dtype = stored_tables.resolve_dtype(table_dtype, n)
         folder = Path(path) / INDEX_DIR
+        shape = (n, model.cfg.dim)
+        # With an index, the tables computed at the first start are saved beside it and read back
+        # at later ones (service.tables): computing them is most of a start at a million entities.
+        tables = stored_tables.load(folder, bundle.fingerprint, model.branches, shape, dtype) if kind != EXACT else None
+        computed = tables is None
+        if tables is None:
+            tables = serving_tables(model, dtype)
+        if dtype != torch.float32 or not computed:
+            # The tables are not the model's own tensors: its per-entity rows are never read again.
+            freed = model.release_entity_rows()
+            log.info("entity tables in %s (%d MiB); the model's own %d MiB of entity rows released",
+                     str(dtype).removeprefix("torch."), sum(t.numel() * t.element_size() for t in tables.values()) // 2**20, freed // 2**20)
         index = None
-        widths = [int(tables[b].shape[1]) for b in bundle.model.branches]  # one index part per branch table
+        widths = [int(tables[b].shape[1]) for b in model.branches]  # one index part per branch table
         if kind != EXACT:
             index = CandidateIndex.load(folder, kind, bundle.fingerprint, widths, n, nprobe=nprobe, refine_factor=refine_factor)
         if kind == EXACT:
             log.info("no index: every query scores all %d entities with the full model", n)
         elif index is None:
-            index = CandidateIndex.build([tables[b].numpy() for b in bundle.model.branches], kind, nprobe=nprobe, refine_factor=refine_factor)
+            index = CandidateIndex.build([tables[b].float().numpy() for b in model.branches], kind, nprobe=nprobe, refine_factor=refine_factor)
             if save_index:
                 try:
                     index.save(folder, bundle.fingerprint)
@@ -156,6 +227,11 @@ class Predictor:
                     log.info("index not saved (%s); it will be rebuilt at the next start", exc)
         else:
             log.info("loaded saved %s index for model %s", kind, bundle.fingerprint[:12])
+        if kind != EXACT and computed and save_index:
+            try:
+                stored_tables.save(folder, bundle.fingerprint, tables)
+            except OSError as exc:
+                log.info("entity tables not saved (%s); they will be computed at the next start", exc)
         bundle.known  # build the known-answer index now, not on the first request  # noqa: B018
         bundle.vocab.name_index  # and the name index (suggestions, /entities)  # noqa: B018
         bundle.vocab.entities_named("")  # and the exact-name maps (every name a request gives)
@@ -163,7 +239,11 @@ class Predictor:
         # Not "ready": the service may still open the entity store and load the text encoder
         # (service.lifespan logs "ready" when /ready answers 200).
         log.info("engine loaded: %d entities, branches %s, %s index, %.1fs", n, bundle.model.branches, kind, seconds)
-        return cls(bundle, index, tables, candidates=candidates, load_seconds=seconds)
+        predictor = cls(bundle, index, tables, candidates=candidates, load_seconds=seconds)
+        if index is not None and n > EXHAUSTIVE_MAX_ENTITIES and model.cfg.output == "softmax":
+            predictor._tail_sample()  # the normaliser estimate's samples, now rather than on the first request
+            predictor._strata()
+        return predictor
 
     # ------------------------------------------------------------------ scoring
 
@@ -190,19 +270,19 @@ class Predictor:
         return self._retrieve(queries, qv, known, total)[0]
 
     @torch.no_grad()
-    def _retrieve(self, queries: list[Query], qv: dict[str, Tensor], known: list[np.ndarray], total: int | None = None) -> tuple[np.ndarray, list[dict[str, tuple[np.ndarray, Tensor]]]]:
+    def _retrieve(self, queries: list[Query], qv: dict[str, Tensor], known: list[np.ndarray], total: int | None = None) -> tuple[np.ndarray, list[dict[str, Head]]]:
         """Candidates per query: the union of each branch's own top entities, (B, M) padded with
         -1; and, per query and branch, every entity that branch's search scored exactly, with
-        its exact logit (the head of that branch's softmax, for `_log_normalizers`).
+        its exact logit, and the IVF lists it visited (`Head`, for `_log_normalizers`).
 
         The index has one part per branch table, searched with that branch's q_b alone: the
         fused p = sum_b w_b P_b(t) is a mixture, so an entity in its top k is near the top of
         at least one branch (bench/serve_bench.py measures the recall). K' is shared among the
         branches; each search goes at least k deep plus the query's known answers when they
         will be filtered, so filtering never leaves fewer than k results while candidates
-        remain. Over PQ codes a search goes refine_factor times deeper and the branch's own
-        table re-ranks it exactly (no float copy of the vectors in the index). Added entities
-        are always candidates.
+        remain. Over PQ codes a search goes refine_factor times deeper for the k (the known
+        answers need no margin) and the branch's own table re-ranks it exactly (no float copy
+        of the vectors in the index). Added entities are always candidates.
         """
         index = self.index
         assert index is not None
@@ -215,13 +295,19 @@ class Predictor:
         # answers), rounded up to a power of two so a batch needs few FAISS calls: the answer to
         # a query is the same whatever batch it came in (and may be cached as such).
         extra = [len(kn) if q.filter_known else 0 for q, kn in zip(queries, known)]
-        depths = [min(n, _bucket(max(share, q.k) + x)) for q, x in zip(queries, extra)]
+        depths = [min(n, _bucket(max(share, q.k)) + x) for q, x in zip(queries, extra)]  # exact candidates kept per branch
+        # How deep each search goes: the refinement margin (PQ codes) for the candidates, plus
+        # the known answers (rounded up to KNOWN_STEP, so a batch needs few FAISS calls), which
+        # filtering may remove but which need no margin of their own: a popular entity with
+        # hundreds of known answers would otherwise re-rank refine_factor times as many rows.
+        searched = [min(n, index.depth(_bucket(max(share, q.k))) + -(-x // KNOWN_STEP) * KNOWN_STEP) for q, x in zip(queries, extra)]
         base = self.base_tables
-        heads: list[dict[str, tuple[np.ndarray, Tensor]]] = [{} for _ in queries]
+        heads: list[dict[str, Head]] = [{} for _ in queries]
         tops: list[list[np.ndarray]] = [[] for _ in queries]
         for part, b in enumerate(self.branches):
             q_b = qv[b]
-            found = self._search_by_depth(part, q_b.numpy(), [index.depth(dep) for dep in depths])
+            found = self._search_by_depth(part, q_b.numpy(), searched)
+            probed = index.probed_lists(part, q_b.numpy()) if index.has_lists else None  # (B, nprobe), for the normaliser's strata
             for j, ids in enumerate(found):
                 ids = ids[ids >= 0]
                 s = base[b][torch.from_numpy(ids)].float() @ q_b[j]  # exact logits of what the search found (float32 from any stored type)
@@ -230,7 +316,7 @@ class Predictor:
                     tops[j].append(ids[keep])
                 else:
                     tops[j].append(ids)
-                heads[j][b] = (ids, s)
+                heads[j][b] = Head(ids, s, None if probed is None else probed[j][probed[j] >= 0])
         rows = [np.unique(np.concatenate([*t, added])) for t in tops]
         return _pad(rows), heads
 
@@ -263,32 +349,74 @@ class Predictor:
             cached = self._sample = (ids, pos, cols)
         return cached
 
+    def _strata(self) -> dict[str, Strata] | None:
+        """Each branch's IVF lists as strata of the normaliser estimate (`Strata`), None without
+        IVF lists. Built once (seeded)."""
+        cached = getattr(self, "_strata_cache", None)
+        if cached is None and self.index is not None and self.index.has_lists:
+            rng = np.random.default_rng(1)
+            cached = {}
+            for part, b in enumerate(self.branches):
+                members = self.index.lists(part)
+                list_of = np.full(self.num_base, -1, dtype=np.int32)
+                sample = np.full((len(members), STRATUM_SAMPLE), -1, dtype=np.int64)
+                for i, ids in enumerate(members):
+                    list_of[ids] = i
+                    pick = ids if len(ids) <= STRATUM_SAMPLE else rng.choice(ids, STRATUM_SAMPLE, replace=False)
+                    sample[i, : len(pick)] = pick
+                rows = self.base_tables[b][torch.from_numpy(np.maximum(sample, 0).ravel())].float().view(*sample.shape, -1)
+                rows[torch.from_numpy(sample < 0)] = 0.0
+                cached[b] = Strata(list_of, np.array([len(m) for m in members], dtype=np.int64), sample, rows.contiguous(), list_of[self._tail_sample()[0]])
+            self._strata_cache = cached
+        return cached
+
     @torch.no_grad()
-    def _log_normalizers(self, qv: dict[str, Tensor], ids: np.ndarray, valid: np.ndarray, logits: dict[str, Tensor], heads: list[dict[str, tuple[np.ndarray, Tensor]]]) -> dict[str, Tensor]:
-        """Each branch's softmax normaliser log sum_t exp(s_b(t)) over all entities, estimated
-        above EXHAUSTIVE_MAX_ENTITIES entities: exact over every entity whose logit is known
-        (the candidates, and all the branch's search re-ranked: the head of its distribution),
-        plus the rest estimated from a fixed uniform sample, (N / S) sum over the sampled
-        entities not in that head (unbiased for the rest). The candidates' own sum alone
-        inflates the probabilities of branches whose mass is spread wide (docs/scaling.md)."""
+    def _log_normalizers(self, qv: dict[str, Tensor], ids: np.ndarray, valid: np.ndarray, logits: dict[str, Tensor], heads: list[dict[str, Head]]) -> dict[str, Tensor]:
+        """Each branch's softmax normaliser Z_b = sum_t exp(s_b(t)) over all entities, in log,
+        estimated above EXHAUSTIVE_MAX_ENTITIES entities, (B,) float64 per branch.
+
+        Exact over the head: every entity whose logit is known (what the branch's search
+        re-ranked, and the candidates). The rest is estimated, stratified by the branch's IVF
+        lists (docs/scaling.md section 3): in each list the search visited (where the mass
+        is), its entities outside the head times the mean of exp(s) over that list's fixed
+        sample of STRATUM_SAMPLE members outside the head; in the lists not visited, their
+        entities outside the head times the mean over the fixed uniform sample's members
+        there. Each part is unbiased for its stratum. Without IVF lists (flat, HNSW indexes)
+        the rest is (N / S) x the sum over the uniform sample outside the head. The
+        candidates' own sum alone inflates the probabilities of branches whose mass is spread
+        wide."""
         sample, pos, cols = self._tail_sample()
-        n, size = self.num_base, len(sample)
-        scale = math.log(n / size)
+        strata = self._strata()
+        n = self.num_base
         out: dict[str, Tensor] = {}
         for b in self.branches:
             tail_logits = (qv[b] @ cols[b]).double()  # (B, S)
             norms = []
             for j in range(len(ids)):
-                cand = ids[j][valid[j]]
-                found, s_found = heads[j][b]
-                s_cand = logits[b][j][torch.from_numpy(valid[j])].double()
-                fresh = torch.from_numpy(~np.isin(cand, found))
-                head = torch.logsumexp(torch.cat([s_found.double(), s_cand[fresh]]), 0)
-                seen = pos[np.concatenate([found, cand[cand < n]])]
-                mask = torch.ones(size, dtype=torch.bool)
-                mask[torch.from_numpy(seen[seen >= 0])] = False
-                rest = torch.logsumexp(tail_logits[j][mask], 0) + scale if bool(mask.any()) else torch.tensor(-math.inf, dtype=torch.float64)
-                norms.append(torch.logaddexp(head, rest))
+                h = heads[j][b]
+                # Every entity whose exact logit is known, once: what the search re-ranked and
+                # the candidates (added entities among them: they are in no list and no sample).
+                seen, first = np.unique(np.concatenate([h.ids, ids[j][valid[j]]]), return_index=True)
+                s_seen = torch.cat([h.logits, logits[b][j][torch.from_numpy(valid[j])]]).double()[torch.from_numpy(first)]
+                parts = [torch.logsumexp(s_seen, 0)]
+                seen = seen[seen < n]
+                outside = torch.ones(len(sample), dtype=torch.bool)  # uniform sample members outside the head
+                at = pos[seen]
+                outside[torch.from_numpy(at[at >= 0])] = False
+                if strata is None or h.probed is None:
+                    rest, count = n - len(seen), int(outside.sum())
+                else:
+                    st = strata[b]
+                    visited = np.zeros(len(st.sizes), dtype=bool)
+                    visited[h.probed] = True
+                    in_head = np.bincount(st.list_of[seen], minlength=len(st.sizes))  # head entities per list
+                    parts.append(_stratum_estimate(st, h.probed, in_head, seen, qv[b][j]))
+                    # The lists not visited: the uniform sample's members there.
+                    outside &= torch.from_numpy(~visited[st.uniform_lists])
+                    rest, count = int((st.sizes - in_head)[~visited].sum()), int(outside.sum())
+                if rest > 0 and count > 0:
+                    parts.append(torch.logsumexp(tail_logits[j][outside], 0) + math.log(rest / count))
+                norms.append(torch.logsumexp(torch.stack(parts), 0))
             out[b] = torch.stack(norms)
         return out
 
@@ -358,10 +486,13 @@ class Predictor:
         own eval-mode scoring of every entity (IMF.query_vectors and IMF.rescore on the (N, d)
         tables: nothing precomputed, no other layout), ranked by the same rule."""
         tables = self.added.view.tables
-        e, r = torch.tensor([q.entity]), torch.tensor([self._rel(q)])
-        qv = self.model.query_vectors(e, r, tables)
-        _, p = self.model.rescore(qv, self.model.decision_weights(r), tables, None)
-        p = p[0].numpy()
+        r = torch.tensor([self._rel(q)])
+        qv = self.model.query_vectors(torch.tensor([0]), r, {b: t[q.entity:q.entity + 1].float() for b, t in tables.items()})
+        w = self.model.decision_weights(r)
+        log_norm = self.model.log_normalizers(qv, tables) if self.model.cfg.output == "softmax" else None
+        # CHUNK entities at a time, as float32 whatever the tables are stored as.
+        p = torch.cat([self.model.rescore(qv, w, {b: t[s:s + CHUNK].float() for b, t in tables.items()}, None, log_norm=log_norm)[1]
+                       for s in range(0, len(tables[self.branches[0]]), CHUNK)], dim=1)[0].numpy()
         return top_k_with_filter(p, known_mask(self._known_rows(q), len(p)), q.k, filter_known=q.filter_known)
 
     @torch.no_grad()
@@ -399,17 +530,17 @@ class Predictor:
         out = []
         # Each branch's logits against all entities, once, for the per-branch ranks.
         columns = view.columns
-        all_logits = {b: (qv[b] @ columns[b])[0] for b in self.branches}  # (N,)
-        probs = self.model.branch_probabilities({b: v[None] for b, v in all_logits.items()})  # (1, N) each
+        logits = {b: all_logits(qv[b], columns[b])[0] for b in self.branches}  # (N,)
+        probs = self.model.branch_probabilities({b: v[None] for b, v in logits.items()})  # (1, N) each
         for j, c in enumerate(ranked):
             branches = {}
             total = 0.0
             for i, b in enumerate(self.branches):
-                s = all_logits[b][cand[0, j]]
+                s = logits[b][cand[0, j]]
                 prob = float(probs[b][0, cand[0, j]])
                 contrib = weights[b] * prob
                 total += contrib
-                rank = 1 + int((all_logits[b] > s).sum())
+                rank = 1 + int((logits[b] > s).sum())
                 branches[b] = {"probability": prob, "contribution": contrib, "rank": rank}
             # The score reported is the sum of the contributions (equal to /predict's score up
             # to float rounding), so clients can check the decomposition exactly.

@@ -133,10 +133,80 @@ def installation_key(*, create: bool) -> tuple[bytes | None, str]:
     return key, ""
 
 
-def _mac(key: bytes, meta: dict, data: bytes) -> str:
-    """HMAC-SHA256 of the sidecar's fields (all but the MAC itself) and the index bytes."""
+def _mac(key: bytes, meta: dict, *data: bytes | bytearray | np.ndarray) -> str:
+    """HMAC-SHA256 of the sidecar's fields (all but the MAC itself) and the data's bytes (in
+    chunks, back to back)."""
     fields = json.dumps({k: v for k, v in meta.items() if k != "mac"}, sort_keys=True, separators=(",", ":")).encode()
-    return hmac.new(key, MAC_CONTEXT + fields + b"\0" + data, hashlib.sha256).hexdigest()
+    mac = hmac.new(key, MAC_CONTEXT + fields + b"\0", hashlib.sha256)
+    for chunk in data:
+        mac.update(chunk)  # not concatenated: no second copy of a gigabyte of tables
+    return mac.hexdigest()
+
+
+def save_authenticated(folder: Path, data_name: str, meta_name: str, chunks: list, meta: dict) -> None:
+    """Write folder/data_name (the chunks back to back) and its sidecar folder/meta_name (meta,
+    the data's sha256 and the MAC of both under this installation's key), each to a temporary
+    name first, then renamed. OSError when it cannot be written, or when there is no installation
+    key to authenticate it with (data nobody can verify is not worth writing)."""
+    key, why = installation_key(create=True)
+    if key is None:
+        raise OSError(why)
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    for c in chunks:
+        digest.update(c)
+    meta = {**meta, "sha256": digest.hexdigest()}  # damage, told apart from forgery in the log
+    meta["mac"] = _mac(key, meta, *chunks)  # checked before anything parses the data
+    tmp, meta_tmp = folder / f".{data_name}.tmp-{os.getpid()}", folder / f".{meta_name}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        for c in chunks:
+            f.write(c)
+    meta_tmp.write_text(json.dumps(meta))
+    os.replace(tmp, folder / data_name)
+    os.replace(meta_tmp, folder / meta_name)
+    log.debug("saved %s", folder / data_name)
+
+
+def read_meta(path: Path) -> dict | None:
+    """A sidecar's fields, or None when it is missing or unreadable (logged)."""
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        log.warning("ignoring unreadable %s", path)
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def load_authenticated(path: Path, meta: dict, what: str) -> bytearray | None:
+    """The bytes of `path` when they are what this installation wrote with `meta` (the sidecar's
+    fields, already checked by the caller for fitting this model): sha256 and MAC. None, with the
+    reason logged, otherwise; `what` names the data in the log ("index", "tables"). The file is
+    read once into memory: the bytes checked are the bytes the caller parses."""
+    digest, mac = meta.get("sha256"), meta.get("mac")
+    if not isinstance(digest, str) or not isinstance(mac, str):
+        log.info("saved %s at %s has no checksum or MAC (older format); rebuilding", what, path)
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            got = f.readinto(data)
+    except OSError as exc:
+        log.warning("cannot read %s (%s); rebuilding the %s", path, exc, what)
+        return None
+    key, why = installation_key(create=False)
+    if got == len(data) and key is not None and hmac.compare_digest(_mac(key, meta, data), mac):
+        return data  # the MAC covers the bytes: the checksum is only needed to explain a refusal
+    # Never parsed. Damaged (the checksum fails too), or written under another key (another
+    # installation) or forged, or no key to check it with.
+    if got != len(data) or hashlib.sha256(data).hexdigest() != digest:
+        log.warning("%s: checksum mismatch (tampered or truncated); refusing it and rebuilding the %s", path, what)
+    elif key is None:
+        log.warning("%s cannot be authenticated (%s); refusing it and rebuilding the %s", path, why, what)
+    else:
+        log.warning("%s: not written by this installation (MAC mismatch); refusing it and rebuilding the %s", path, what)
+    return None
 
 
 # Largest graph for which one exhaustive scoring pass per query is affordable on a CPU: `auto`
@@ -267,6 +337,20 @@ class CandidateIndex:
         when the index's own scores are approximate."""
         return min(self.ntotal, k * self.refine_factor if self.approximate_scores else k)
 
+    def _reduced_queries(self, part: int, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """xq (B, width) as the L2-reduced index searches it: (xq' (B, index width), s (B,), |xq|^2 (B,)).
+
+        Each query is scaled onto the sphere of radius M that every xb' lies on (s = M / |xq|);
+        the order of the points is the same for any s > 0, but the order of the IVF centroids
+        (inside the sphere) is not: with a short query it is ruled by their norms."""
+        m2 = self.max_norms_sq[part]
+        norm_sq = np.einsum("bd,bd->b", xq, xq).astype(np.float64)
+        ok = (norm_sq > 0) & (m2 > 0)  # a zero query or an all-zero xb: leave it be
+        scale = np.where(ok, np.sqrt(m2 / np.maximum(norm_sq, 1e-30)), 1.0)
+        xq_l2 = np.zeros((xq.shape[0], self.parts[part].d), dtype=np.float32)
+        xq_l2[:, : xq.shape[1]] = xq * scale[:, None]
+        return xq_l2, scale, norm_sq
+
     def search_part(self, part: int, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Search one part as deep as asked (no refinement): xq (B, width of the part) float32
         -> D (B, k) inner products (approximate for PQ codes), I (B, k) ids (-1 = none)."""
@@ -275,19 +359,30 @@ class CandidateIndex:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if not _l2_reduced(self.kind):
             return index.search(xq, k) if self._params is None else index.search(xq, k, params=self._params)
-        # Each query is scaled onto the sphere of radius M that every xb' lies on (s = M / |xq|);
-        # the order of the points is the same for any s > 0, but the order of the IVF centroids
-        # (inside the sphere) is not: with a short query it is ruled by their norms.
         m2 = self.max_norms_sq[part]
-        norm_sq = np.einsum("bd,bd->b", xq, xq).astype(np.float64)
-        ok = (norm_sq > 0) & (m2 > 0)  # a zero query or an all-zero xb: leave it be
-        scale = np.where(ok, np.sqrt(m2 / np.maximum(norm_sq, 1e-30)), 1.0)
-        xq_l2 = np.zeros((xq.shape[0], index.d), dtype=np.float32)
-        xq_l2[:, : xq.shape[1]] = xq * scale[:, None]
+        xq_l2, scale, norm_sq = self._reduced_queries(part, xq)
         dist, ids = index.search(xq_l2, k, params=self._params)
         # back to inner products: |s xq' - xb'|^2 = s^2 |xq|^2 + M^2 - 2 s xq . xb  (-1 ids stay -1)
         ip = ((scale**2 * norm_sq)[:, None] + m2 - dist) / (2 * scale[:, None])
         return np.where(ids >= 0, ip, -np.inf).astype(np.float32), ids
+
+    @property
+    def has_lists(self) -> bool:
+        """Whether the parts are IVF indexes (`lists`, `probed_lists`)."""
+        return self.kind in ("ivf", "ivfpq")
+
+    def lists(self, part: int) -> list[np.ndarray]:
+        """The entity ids in each IVF list of one part: nlist arrays of int64."""
+        ivf = faiss.extract_index_ivf(self.parts[part])
+        il = ivf.invlists
+        return [faiss.rev_swig_ptr(il.get_ids(i), il.list_size(i)).copy() if il.list_size(i) else np.empty(0, dtype=np.int64) for i in range(ivf.nlist)]
+
+    def probed_lists(self, part: int, xq: np.ndarray) -> np.ndarray:
+        """The IVF lists a search of xq (B, width) in one part visits: (B, nprobe) list ids (-1
+        = none), the coarse quantizer's nearest centroids, as the search itself picks them."""
+        ivf = faiss.extract_index_ivf(self.parts[part])
+        xq_l2 = self._reduced_queries(part, np.ascontiguousarray(xq, dtype=np.float32))[0]
+        return ivf.quantizer.search(xq_l2, min(self.nprobe, ivf.nlist))[1]
 
     def search(self, xq: np.ndarray, k: int, xb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A one-part index: xq (B, dim) float32 -> D (B, k) inner products, I (B, k) entity ids
@@ -360,34 +455,15 @@ class CandidateIndex:
 
         OSError when it cannot be written, or when there is no installation key to authenticate
         it with (an index nobody can verify is not worth writing)."""
-        key, why = installation_key(create=True)
-        if key is None:
-            raise OSError(why)
-        folder.mkdir(parents=True, exist_ok=True)
-        chunks = [faiss.serialize_index(p).tobytes() for p in self.parts]
-        data = b"".join(chunks)
-        meta = self._meta(fingerprint, [len(c) for c in chunks], self.dims)
-        meta["sha256"] = hashlib.sha256(data).hexdigest()  # damage, told apart from forgery in the log
-        meta["mac"] = _mac(key, meta, data)  # checked before FAISS ever parses the file
-        tmp = folder / f".{self.kind}.faiss.tmp-{os.getpid()}"
-        meta_tmp = folder / f".{self.kind}.json.tmp-{os.getpid()}"
-        tmp.write_bytes(data)
-        meta_tmp.write_text(json.dumps(meta))
-        os.replace(tmp, target := folder / f"{self.kind}.faiss")
-        os.replace(meta_tmp, folder / f"{self.kind}.json")
-        log.debug("saved %s", target)
+        chunks = [faiss.serialize_index(p) for p in self.parts]
+        save_authenticated(folder, f"{self.kind}.faiss", f"{self.kind}.json", chunks, self._meta(fingerprint, [len(c) for c in chunks], self.dims))
 
     @classmethod
     def load(cls, folder: Path, kind: str, fingerprint: str, dim: int | list[int], ntotal: int, *, nprobe: int = DEFAULT_NPROBE, refine_factor: int = DEFAULT_REFINE_FACTOR) -> CandidateIndex | None:
         """The saved index of `kind` if it was built from this model (fingerprint, shape: `dim`,
         the width of xb, or a list of the widths of its blocks, one part each), else None."""
-        meta_path, index_path = folder / f"{kind}.json", folder / f"{kind}.faiss"
-        if not (meta_path.is_file() and index_path.is_file()):
-            return None
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            log.warning("ignoring unreadable %s", meta_path)
+        meta = read_meta(folder / f"{kind}.json")
+        if meta is None or not (folder / f"{kind}.faiss").is_file():
             return None
         dims = [int(x) for x in dim] if isinstance(dim, (list, tuple)) else [int(dim)]
         norms, sizes = meta.get("max_norm_sq"), meta.get("part_bytes")
@@ -398,26 +474,12 @@ class CandidateIndex:
         if not same:
             log.info("saved %s index belongs to another model or an older format; rebuilding", kind)
             return None
-        digest, mac = meta.get("sha256"), meta.get("mac")
-        if not isinstance(digest, str) or not isinstance(mac, str):
-            log.info("saved %s index has no checksum or MAC (older format); rebuilding", kind)
+        index_path = folder / f"{kind}.faiss"
+        data = load_authenticated(index_path, meta, "index")
+        if data is None:
             return None
-        try:
-            data = index_path.read_bytes()  # read once: the bytes checked are the bytes parsed
-        except OSError as exc:
-            log.warning("cannot read %s (%s); rebuilding the index", index_path, exc)
-            return None
-        if hashlib.sha256(data).hexdigest() != digest or sum(sizes) != len(data):
+        if sum(sizes) != len(data):
             log.warning("%s: checksum mismatch (tampered or truncated); refusing it and rebuilding the index", index_path)
-            return None
-        key, why = installation_key(create=False)
-        if key is None:
-            log.warning("%s cannot be authenticated (%s); refusing it and rebuilding the index", index_path, why)
-            return None
-        if not hmac.compare_digest(_mac(key, meta, data), mac):
-            # Written under another key (another installation) or forged: never hand it to
-            # FAISS's C++ parser.
-            log.warning("%s: not written by this installation (MAC mismatch); refusing it and rebuilding the index", index_path)
             return None
         parts, view, offset = [], np.frombuffer(data, dtype=np.uint8), 0
         try:

@@ -49,6 +49,7 @@ def default_loader(settings: Settings) -> Predictor:
         nprobe=settings.nprobe,
         refine_factor=settings.refine_factor,
         save_index=settings.save_index,
+        table_dtype=settings.table_dtype,
     )
 
 

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     index: Literal["auto", "exact", "flat", "ivf", "ivfpq", "hnsw"] = Field("auto", description=f"candidate retrieval: a FAISS index type, or exact (score every entity); auto = exact below {EXHAUSTIVE_MAX_ENTITIES:,} entities, ivfpq from there (IMF_INDEX)")
     nprobe: int = Field(DEFAULT_NPROBE, ge=1, description="IVF lists visited per search (IMF_NPROBE)")
     refine_factor: int = Field(DEFAULT_REFINE_FACTOR, ge=1, le=64, description="ivfpq: exact re-ranking of refine_factor x K' codes (IMF_REFINE_FACTOR)")
+    table_dtype: Literal["auto", "float32", "float16"] = Field("auto", description=f"how the entity tables are stored; auto = float32 up to {EXHAUSTIVE_MAX_ENTITIES:,} entities, float16 above (half the memory; queries and scores stay float32/float64) (IMF_TABLE_DTYPE)")
     torch_threads: int = Field(1, ge=1, le=256, description="intra-op threads per request (IMF_TORCH_THREADS)")
     faiss_threads: int = Field(1, ge=1, le=256, description="OpenMP threads of FAISS (IMF_FAISS_THREADS)")
     workers: int = Field(2, ge=1, le=256, description="requests computed at once, off the event loop (IMF_WORKERS)")

@@ -210,3 +210,31 @@ def test_unreadable_file_is_a_clear_error(saved: Path, monkeypatch) -> None:
     monkeypatch.setattr(bundle_mod, "sha256_file", denied)
     with pytest.raises(BundleError, match="weights.safetensors: cannot read .Permission denied.; check the permissions"):
         load_bundle(saved)
+
+
+def test_a_short_vocabulary_line_is_reported_by_number(saved: Path) -> None:
+    """The unescaped fast path still checks every line: a line without its name column names
+    its line number."""
+    path = saved / "entities.tsv"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines[2] = lines[2].split("\t")[0]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(BundleError, match=r"entities.tsv:3: expected at least 2 tab-separated columns"):
+        bundle_mod._read_tsv(path, 2, escaped=True)
+
+
+def test_loaded_weights_are_the_saved_ones_and_owned(trained, saved: Path) -> None:
+    """The model is built on the meta device and takes the file's tensors: every tensor equals
+    the trained one, none is left on the meta device, and none shares the file's mapping (a copy
+    the model owns: a later change of the file cannot reach it)."""
+    result, _ = trained
+    b = load_bundle(saved)
+    want = result.model.compacted().state_dict() if b.model.cfg.stored_tables else result.model.state_dict()
+    got = b.model.state_dict()
+    assert set(got) == set(want)
+    for k, v in got.items():
+        assert not v.is_meta, k
+        assert torch.allclose(v.float(), want[k].float(), atol=float(want[k].float().abs().max()) / 100 + 1e-6), k
+    weights = b.model.entity.weight
+    weights.data[0, 0] += 1.0  # writable memory of its own
+    assert not torch.equal(load_bundle(saved).model.entity.weight[0], weights[0])

@@ -400,3 +400,34 @@ def test_widened_relations_score_alike_and_learn(seed: int, activation: str) -> 
     other = IMF(IMFConfig(**{**small.cfg.to_dict(), "relation_dim": 10, "dim": 8}))
     with pytest.raises(ValueError, match="dim"):
         other.widen_relations(small)
+
+
+def test_embeddings_draw_what_torch_draws() -> None:
+    """IMF builds its embeddings without their init on the meta device, and with torch's own
+    N(0, 1) draws elsewhere: a seeded model is the one it always was."""
+    from model.network.imf import _embedding
+
+    torch.manual_seed(3)
+    want = torch.nn.Embedding(7, 5).weight.detach().clone()
+    torch.manual_seed(3)
+    got = _embedding(7, 5).weight.detach()
+    assert torch.equal(got, want)
+    with torch.device("meta"):
+        m = IMF(IMFConfig(num_entities=10, num_relations=2, modalities={"text": 4}, dim=8))
+    assert m.entity.weight.is_meta
+
+
+def test_released_entity_rows_leave_a_model_that_still_answers() -> None:
+    model = make_model(0).eval()
+    tables = {b: t.detach().clone() for b, t in model.entity_tables().items()}
+    heads, rels = torch.tensor([0, 5, 9]), torch.tensor([1, 2, 7])
+    with torch.no_grad():
+        before = model.query_vectors(heads, rels, tables)
+        rows = sum(t.numel() * t.element_size() for n, t in [*model.named_parameters(), *model.named_buffers()] if n.startswith(IMF.ENTITY_ROW_PREFIXES))
+        assert model.release_entity_rows() == rows > 0
+        after = model.query_vectors(heads, rels, tables)
+    for b in model.branches:
+        assert torch.equal(before[b], after[b])
+    assert model.entity.weight.shape == (0, 16)
+    with pytest.raises(RuntimeError, match="released"):
+        model.entity_tables()

@@ -99,6 +99,22 @@ class IMFConfig:
         return asdict(self)
 
 
+def _init(fn, tensor: Tensor) -> None:
+    """Apply a torch.nn.init function, except on the meta device (a bundle being loaded builds
+    the model there: every weight then comes from its file). torch's normal_ has no meta kernel:
+    on meta it costs a one-off import of about a second and produces nothing."""
+    if not tensor.is_meta:
+        fn(tensor)
+
+
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding(num, dim) with its usual N(0, 1) init (the same random draws: seeded runs
+    are unchanged), skipped on the meta device (`_init`)."""
+    weight = torch.empty(num, dim)
+    _init(nn.init.normal_, weight)
+    return nn.Embedding(num, dim, _weight=weight)
+
+
 class BilinearFusion(nn.Module):
     """Tucker-decomposed (MUTAN-style) fusion of M inputs of size d_in into one of size d_out.
 
@@ -192,12 +208,12 @@ class IMF(nn.Module):
         self.modalities = list(cfg.modalities)
         num_rel = 2 * cfg.num_relations
 
-        self.entity = nn.Embedding(n, d)
-        nn.init.xavier_normal_(self.entity.weight)
+        self.entity = _embedding(n, d)
+        _init(nn.init.xavier_normal_, self.entity.weight)
         # Relation embeddings of every branch that has its own (all but multimodal, which fuses them).
-        self.relation = nn.ModuleDict({b: nn.Embedding(num_rel, dr) for b in [STRUCTURE, *self.modalities]})
+        self.relation = nn.ModuleDict({b: _embedding(num_rel, dr) for b in [STRUCTURE, *self.modalities]})
         for emb in self.relation.values():
-            nn.init.xavier_normal_(emb.weight)
+            _init(nn.init.xavier_normal_, emb.weight)
 
         self.projection = nn.ModuleDict()
         self.missing = nn.ParameterDict()
@@ -215,9 +231,11 @@ class IMF(nn.Module):
                 raise ValueError(f"modality {m!r}: mask {tuple(pres.shape)} does not match ({n},)")
             self.register_buffer(f"present_{m}", pres.to(torch.bool))
             self.projection[m] = nn.Linear(f_dim, d)
-            self.missing[m] = nn.Parameter(torch.randn(d) * 0.1)
+            missing = torch.empty(d)
+            _init(lambda t: t.normal_().mul_(0.1), missing)  # torch.randn(d) * 0.1, the same draws and rounding
+            self.missing[m] = nn.Parameter(missing)
             if cfg.feature_residual and not cfg.stored_tables:
-                self.residual[m] = nn.Embedding(n, d)
+                self.residual[m] = _embedding(n, d)
                 nn.init.zeros_(self.residual[m].weight)
 
         if self.modalities:
@@ -228,7 +246,7 @@ class IMF(nn.Module):
 
         nb = len(self.branches)
         self.alpha = nn.Parameter(torch.zeros(nb))  # global decision-fusion logits
-        self.relation_alpha = nn.Embedding(num_rel, nb)  # relation-specific part A[r]
+        self.relation_alpha = _embedding(num_rel, nb)  # relation-specific part A[r]
         nn.init.zeros_(self.relation_alpha.weight)
         if cfg.decision_fusion == "equal":
             self.alpha.requires_grad_(False)
@@ -258,12 +276,42 @@ class IMF(nn.Module):
 
     def entity_tables(self, ids: Tensor | None = None) -> dict[str, Tensor]:
         """Entity embeddings C_b of every branch for `ids` (all entities when None): (n, d) each."""
+        if self.entity_rows_released:
+            raise RuntimeError("this model's entity rows were released (release_entity_rows): the server holds its entity tables itself")
         tables = {STRUCTURE: self.entity.weight if ids is None else self.entity(ids)}
         for m in self.modalities:
             tables[m] = self.modality_embeddings(m, ids)
         if self.modalities:
             tables[MULTIMODAL] = self.entity_fusion([tables[STRUCTURE], *(tables[m] for m in self.modalities)])
         return tables
+
+    # Per-entity tensors: the structure table, stored modality tables, raw features, residuals.
+    ENTITY_ROW_PREFIXES = ("entity.", "table_", "features_", "residual.")
+
+    @property
+    def entity_rows_released(self) -> bool:
+        return bool(getattr(self, "_entity_rows_released", False))
+
+    def release_entity_rows(self) -> int:
+        """Drop every per-entity tensor (ENTITY_ROW_PREFIXES: N rows each) and return the bytes
+        freed. For a server that has computed its entity tables once (`entity_tables`) and keeps
+        them in another layout or type: at a million entities these rows are 1.5 GB that
+        nothing reads again. Relations, decoders, projections, fusion and decision weights stay
+        (queries, and the rows of new entities, need them); `entity_tables` raises afterwards."""
+        freed = 0
+        for name, tensor in [*self.named_parameters(), *self.named_buffers()]:
+            if not name.startswith(self.ENTITY_ROW_PREFIXES):
+                continue
+            owner = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
+            leaf = name.rpartition(".")[2]
+            freed += tensor.numel() * tensor.element_size()
+            empty = tensor.new_empty((0, *tensor.shape[1:]))
+            if isinstance(tensor, nn.Parameter):
+                setattr(owner, leaf, nn.Parameter(empty, requires_grad=tensor.requires_grad))
+            else:
+                setattr(owner, leaf, empty)
+        self._entity_rows_released = True
+        return freed
 
     def relation_embeddings(self, rel_ids: Tensor) -> dict[str, Tensor]:
         """Relation embeddings of every branch for `rel_ids` (with reciprocals): (U, d_r) each."""
@@ -329,7 +377,7 @@ class IMF(nn.Module):
             q, table = queries[b], tables[b]
             acc = torch.full((q.shape[0],), -math.inf, dtype=torch.float64, device=q.device)
             for start in range(0, table.shape[0], chunk):
-                part = (q @ table[start:start + chunk].T).double()  # (B, chunk)
+                part = (q @ table[start:start + chunk].to(q.dtype).T).double()  # (B, chunk); tables stored in float16 are read as float32 a chunk at a time
                 acc = torch.logaddexp(acc, torch.logsumexp(part, dim=1))
             out[b] = acc
         return out

@@ -35,6 +35,42 @@ from model.network.imf import IMF
 MAX_RELATION_BYTES = 256 * 2**20
 
 
+# Entities per chunk where a float16 table is read as float32 (`all_logits`, `serving_tables`).
+CHUNK = 65536
+
+
+def serving_tables(model: IMF, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """Every branch's entity table C_b, (N, d), contiguous, in `dtype`.
+
+    float32: `model.entity_tables()` as it is (the structure and stored modality tables are the
+    model's own tensors, no copy). Another type (float16 halves the memory of a million-entity
+    graph): computed CHUNK entities at a time and stored as `dtype`, so no float32 table of every
+    entity exists at once beyond the model's own rows."""
+    with torch.no_grad():
+        if dtype == torch.float32:
+            return {b: t.detach().contiguous() for b, t in model.entity_tables().items()}
+        n = model.cfg.num_entities
+        out = {b: torch.empty((n, model.cfg.dim), dtype=dtype) for b in model.branches}
+        for start in range(0, n, CHUNK):
+            ids = torch.arange(start, min(n, start + CHUNK))
+            for b, t in model.entity_tables(ids).items():
+                out[b][start:start + len(ids)] = t
+        return out
+
+
+def all_logits(queries: Tensor, columns: Tensor) -> Tensor:
+    """queries (B, d) float32 x columns (d, N) -> (B, N) float32 logits. Columns of another type
+    (float16 tables) are converted CHUNK entities at a time: one float32 copy of a chunk, never of
+    the table."""
+    if columns.dtype == queries.dtype:
+        return queries @ columns
+    n = columns.shape[1]
+    out = torch.empty((queries.shape[0], n), dtype=queries.dtype)
+    for start in range(0, n, CHUNK):
+        out[:, start:start + CHUNK] = queries @ columns[:, start:start + CHUNK].to(queries.dtype)
+    return out
+
+
 def column_tables(tables: dict[str, Tensor]) -> dict[str, Tensor]:
     """Each (N, d) table as a contiguous (d, N) copy, the layout `score_all` reads fastest."""
     return {b: t.detach().t().contiguous() for b, t in tables.items()}
@@ -80,7 +116,7 @@ class FrozenIMF:
         out = {}
         for b in self.branches:
             dec = self.model.decoders[b]
-            x = dec.bn0(tables[b][heads])  # (B, d)
+            x = dec.bn0(tables[b][heads].float())  # (B, d), float32 from any stored type
             if self.uses_matrices:
                 y = torch.bmm(x.unsqueeze(1), self.matrices[b][rel_ids]).squeeze(1)  # (B, 1, d) x (B, d, d)
             else:
@@ -98,14 +134,14 @@ class FrozenIMF:
         """Fused probabilities p of every entity: (B, N) float64, as `IMF.rescore(..., None)`.
 
         queries: q_b (B, d) per branch; weights: (B, nb); columns: `column_tables` of the
-        entity tables, (d, N) each. The branch logits are float32 products (summed in another
+        entity tables, (d, N) each, float32 or float16 (`all_logits`). The branch logits are float32 products (summed in another
         order than against (N, d) tables: equal up to float32 rounding); the probabilities and
         their weighted sum are float64, as in `IMF.fuse`. A softmax branch takes one pass of
         exp over its row, exp(s - max) / sum exp(s - max), where `IMF.fuse` takes two (a
         logsumexp, then exp(s - logsumexp)): the same numbers to float64 rounding, and the exp
         passes are most of the cost once the products are batched.
         """
-        logits = {b: queries[b] @ columns[b] for b in self.branches}  # (B, N) each
+        logits = {b: all_logits(queries[b], columns[b]) for b in self.branches}  # (B, N) each
         if self.model.cfg.output != "softmax":
             return self.model.fuse(logits, weights)
         w64 = weights.double()
@@ -124,7 +160,7 @@ class FrozenIMF:
         IMF.log_normalizers (whole rows at once: for the N that have column tables)."""
         out = {}
         for b in self.branches:
-            v = (queries[b] @ columns[b]).double()  # (B, N)
+            v = all_logits(queries[b], columns[b]).double()  # (B, N)
             top = v.amax(dim=1, keepdim=True)
             out[b] = (top + v.sub_(top).exp_().sum(dim=1, keepdim=True).log_()).squeeze(1)
         return out

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from model.bundle.format import Bundle, load_bundle
 from model.evaluation.predict import Ranked, known_mask, top_k_with_filter
+from model.kg.names import release_free_memory
 from model.kg.triples import query_relation
 from model.network.imf import IMF
 from model.network.serving import CHUNK, FrozenIMF, all_logits, serving_tables
@@ -74,7 +75,8 @@ class Head:
 class Strata:
     """One branch's IVF lists as strata of its normaliser estimate: the list of every bundle
     entity (N,) int32, the size of each list (nlist,), a fixed sample of STRATUM_SAMPLE members
-    of each list (nlist, m) (-1 padded) and their rows (nlist, m, d) float32 (zeros where padded)."""
+    of each list (nlist, m) (-1 padded) and their rows (nlist, m, d) in the tables' type (zeros
+    where padded)."""
 
     list_of: np.ndarray
     sizes: np.ndarray
@@ -98,7 +100,8 @@ def _stratum_estimate(st: Strata, probed: np.ndarray, in_head: np.ndarray, head:
     the head. A list whose sampled members are all in the head (rare) counts the rest of its
     members at the lowest sampled logit (they ranked below those). q: (d,); -inf when empty."""
     members = st.sample[probed]  # (P, m)
-    s = (st.rows[torch.from_numpy(probed)] @ q).double()  # (P, m)
+    rows = st.rows[torch.from_numpy(probed)]  # (P, m, d)
+    s = (rows.view(-1, rows.shape[-1]).float() @ q).view(rows.shape[:2]).double()  # (P, m)
     taken = members >= 0
     counted = taken & ~_among(members, head)
     rest = torch.from_numpy((st.sizes[probed] - in_head[probed]).astype(np.float64))  # (P,)
@@ -243,6 +246,7 @@ class Predictor:
         if index is not None and n > EXHAUSTIVE_MAX_ENTITIES and model.cfg.output == "softmax":
             predictor._tail_sample()  # the normaliser estimate's samples, now rather than on the first request
             predictor._strata()
+        release_free_memory()  # what the start's temporaries left in the heap (tens of MB at 1M)
         return predictor
 
     # ------------------------------------------------------------------ scoring
@@ -343,7 +347,7 @@ class Predictor:
             n = self.num_base
             size = min(n, NORMALISER_SAMPLE)
             ids = np.sort(np.random.default_rng(0).choice(n, size=size, replace=False))
-            pos = np.full(n, -1, dtype=np.int64)
+            pos = np.full(n, -1, dtype=np.int32)
             pos[ids] = np.arange(size)
             cols = {b: self.base_tables[b][torch.from_numpy(ids)].float().T.contiguous() for b in self.branches}
             cached = self._sample = (ids, pos, cols)
@@ -364,8 +368,8 @@ class Predictor:
                     list_of[ids] = i
                     pick = ids if len(ids) <= STRATUM_SAMPLE else rng.choice(ids, STRATUM_SAMPLE, replace=False)
                     sample[i, : len(pick)] = pick
-                rows = self.base_tables[b][torch.from_numpy(np.maximum(sample, 0).ravel())].float().view(*sample.shape, -1)
-                rows[torch.from_numpy(sample < 0)] = 0.0
+                rows = self.base_tables[b][torch.from_numpy(np.maximum(sample, 0).ravel())].view(*sample.shape, -1).clone()
+                rows[torch.from_numpy(sample < 0)] = 0.0  # in the tables' own type: float16 halves them (65 MiB at 1M), their logits are float32
                 cached[b] = Strata(list_of, np.array([len(m) for m in members], dtype=np.int64), sample, rows.contiguous(), list_of[self._tail_sample()[0]])
             self._strata_cache = cached
         return cached

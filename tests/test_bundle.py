@@ -220,7 +220,7 @@ def test_a_short_vocabulary_line_is_reported_by_number(saved: Path) -> None:
     lines[2] = lines[2].split("\t")[0]
     path.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(BundleError, match=r"entities.tsv:3: expected at least 2 tab-separated columns"):
-        bundle_mod._read_tsv(path, 2, escaped=True)
+        bundle_mod._read_tsv(path, 2, 3, escaped=True)
 
 
 def test_loaded_weights_are_the_saved_ones_and_owned(trained, saved: Path) -> None:
@@ -238,3 +238,19 @@ def test_loaded_weights_are_the_saved_ones_and_owned(trained, saved: Path) -> No
     weights = b.model.entity.weight
     weights.data[0, 0] += 1.0  # writable memory of its own
     assert not torch.equal(load_bundle(saved).model.entity.weight[0], weights[0])
+
+
+@pytest.mark.parametrize("text", ["a\tA\t\nb\tB\tdesc\n", "a\tA\nb\tB\n", "a\tA\nb\tB\tdesc\n", "a\tA\tx\\ty\nb\tB\n", "a\tA\r\nb\tB\r\n", "a\tA\tdesc\tmore\n", "a\tA", ""])
+def test_vocabulary_columns_are_read_as_line_by_line(tmp_path: Path, text: str) -> None:
+    """The whole-text fast path and the line-by-line loop read the same columns (ragged lines,
+    escapes, Windows line ends, extra columns, no final newline, empty)."""
+    from model.files import decode_field, records
+
+    path = tmp_path / "v.tsv"
+    path.write_bytes(text.encode())
+    want: list[list[str]] = [[], [], []]
+    for _, line in records(text):
+        cols = line.split("\t")
+        for j in range(3):
+            want[j].append(decode_field(cols[j]) if j < len(cols) else "")
+    assert bundle_mod._read_tsv(path, 2, 3, escaped=True) == want

@@ -219,7 +219,7 @@ class SortedTexts:
         enc = _Encoded(texts)
         plain = not (strip and enc.strip(texts))
         perm = _sort_texts(enc.ranks, enc.starts, enc.lens, first)
-        _release_free_memory()
+        release_free_memory()
         return cls(texts, perm, key, plain)
 
     def _bisect(self, q: str, right: bool = False) -> int:
@@ -240,7 +240,7 @@ def _strip_lower(text: str) -> str:
     return text.strip().lower()
 
 
-def _release_free_memory() -> None:
+def release_free_memory() -> None:
     """Hand the heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
     A build frees hundreds of MB of temporary arrays; glibc keeps what was freed below the
     arrays that stay (120 MB at a million names) as resident memory until trimmed."""
@@ -483,7 +483,7 @@ class NameIndex:
             # ids sorted with the heaviest entry first among equal (lower-cased) ids: it wins
             self._sorted_ids = SortedTexts(self.ids, _sort_texts(enc.ranks, enc.starts, enc.lens, self.order), str.lower, True)
             del enc
-        _release_free_memory()
+        release_free_memory()
 
     def __len__(self) -> int:
         return len(self.names)

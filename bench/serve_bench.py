@@ -222,7 +222,7 @@ def normaliser_phase(p: Predictor, queries: list[Query], calibration_from: Path 
         ids, heads = p._retrieve([q], qv, known, len(tables[p.branches[0]]))
         valid = ids >= 0
         cand = torch.from_numpy(np.where(valid, ids, 0))
-        logits = {b: torch.einsum("bd,bkd->bk", qv[b], rows[b][cand]) for b in p.branches}
+        logits = {b: torch.einsum("bd,bkd->bk", qv[b], rows[b][cand].float()) for b in p.branches}  # float32 from any stored type
         exact_z = p.model.log_normalizers(qv, tables)
         t0 = time.perf_counter()
         est_z = p._log_normalizers(qv, ids, valid, logits, heads)

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from model.bundle.format import load_bundle  # noqa: E402
-from model.kg.names import NameIndex, _release_free_memory  # noqa: E402
+from model.kg.names import NameIndex, release_free_memory  # noqa: E402
 
 
 def linear_search(lower: list[str], q: str, limit: int) -> list[int]:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = real_ids[:n] if n <= m else [real_ids[i] if i < m else f"{real_ids[i % m]}~{i // m}" for i in range(n)]
         weights = np.resize(real_weights, n)
         gc.collect()
-        _release_free_memory()  # as the index does after its build: count its arrays, not the heap's holes
+        release_free_memory()  # as the index does after its build: count its arrays, not the heap's holes
         before = resident_mb()
         t0 = time.perf_counter()
         index = NameIndex(names, ids, weights)

@@ -11,7 +11,6 @@ Prints one line per step: seconds, then RSS in MiB.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from model.bundle.format import load_bundle  # noqa: E402
+from model.bundle.format import load_bundle, manifest_config, read_manifest  # noqa: E402
 from service import tables as stored_tables  # noqa: E402
 from service.engine import Predictor  # noqa: E402
 from service.index import INDEX_DIR, CandidateIndex, resolve_kind  # noqa: E402
@@ -49,17 +48,15 @@ def main() -> int:
         t = now
 
     step("imports (torch, FAISS, the service)")
-    b = load_bundle(args.bundle)
-    step("load and verify the bundle (load_bundle)")
-    n, folder = b.num_entities, args.bundle / INDEX_DIR
+    cfg = manifest_config(args.bundle, read_manifest(args.bundle))
+    n, folder = cfg.num_entities, args.bundle / INDEX_DIR
     kind = resolve_kind("auto", n)
     dtype = stored_tables.resolve_dtype("auto", n)
-    tables = stored_tables.load(folder, b.fingerprint, b.model.branches, (n, b.model.cfg.dim), dtype) if kind != "exact" else None
+    have = kind != "exact" and stored_tables.saved(folder, read_manifest(args.bundle)["model_fingerprint"], cfg.branches, (n, cfg.dim), dtype)
+    b = load_bundle(args.bundle, entity_rows=not have)  # as Predictor.load: no entity rows when saved tables exist
+    step("load and verify the bundle" + (" (without its entity rows)" if have else ""))
+    tables = stored_tables.load(folder, b.fingerprint, b.model.branches, (n, cfg.dim), dtype) if have else None
     step("saved entity tables (read, MAC)" if tables is not None else "no saved tables")
-    if tables is not None:
-        b.model.release_entity_rows()
-        gc.collect()
-        step("the model's entity rows released")
     index = CandidateIndex.load(folder, kind, b.fingerprint, [b.model.cfg.dim] * len(b.model.branches), n) if kind != "exact" else None
     step(f"saved {kind} index (read, MAC, parse)" if index is not None else "no saved index")
     b.known  # noqa: B018

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.bundle.format import Bundle, load_bundle
+from model.bundle.format import Bundle, load_bundle, manifest_config, read_manifest
 from model.evaluation.predict import Ranked, known_mask, top_k_with_filter
 from model.kg.names import release_free_memory
 from model.kg.triples import query_relation
@@ -197,24 +197,34 @@ class Predictor:
     ) -> Predictor:
         """table_dtype: how the entity tables are stored (service.tables.resolve_dtype)."""
         t0 = time.monotonic()
-        bundle = load_bundle(path)
-        model = bundle.model
-        n = len(bundle.vocab.entity_ids)
+        path = Path(path)
+        manifest = read_manifest(path)
+        cfg = manifest_config(path, manifest)
+        n = cfg.num_entities
         kind = resolve_kind(index_kind, n)
         dtype = stored_tables.resolve_dtype(table_dtype, n)
-        folder = Path(path) / INDEX_DIR
-        shape = (n, model.cfg.dim)
+        folder = path / INDEX_DIR
+        shape = (n, cfg.dim)
         # With an index, the tables computed at the first start are saved beside it and read back
         # at later ones (service.tables): computing them is most of a start at a million entities.
-        tables = stored_tables.load(folder, bundle.fingerprint, model.branches, shape, dtype) if kind != EXACT else None
+        # Then the model's own entity rows are not even read (1.5 GB at a million entities, which
+        # with the tables made a start's peak nearly twice its steady memory).
+        have = kind != EXACT and stored_tables.saved(folder, manifest["model_fingerprint"], cfg.branches, shape, dtype)
+        bundle = load_bundle(path, entity_rows=not have)
+        model = bundle.model
+        tables = stored_tables.load(folder, bundle.fingerprint, model.branches, shape, dtype) if have else None
+        if have and tables is None:  # the saved tables did not check out: compute them after all
+            bundle = load_bundle(path)
+            model = bundle.model
         computed = tables is None
         if tables is None:
             tables = serving_tables(model, dtype)
         if dtype != torch.float32 or not computed:
             # The tables are not the model's own tensors: its per-entity rows are never read again.
             freed = model.release_entity_rows()
-            log.info("entity tables in %s (%d MiB); the model's own %d MiB of entity rows released",
-                     str(dtype).removeprefix("torch."), sum(t.numel() * t.element_size() for t in tables.values()) // 2**20, freed // 2**20)
+            log.info("entity tables in %s (%d MiB, %s); the model's own entity rows %s",
+                     str(dtype).removeprefix("torch."), sum(t.numel() * t.element_size() for t in tables.values()) // 2**20,
+                     "computed" if computed else "saved ones read", f"released ({freed // 2**20} MiB)" if freed else "not loaded")
         index = None
         widths = [int(tables[b].shape[1]) for b in model.branches]  # one index part per branch table
         if kind != EXACT:

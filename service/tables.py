@@ -60,6 +60,23 @@ def save(folder: Path, fingerprint: str, tables: dict[str, Tensor]) -> None:
     log.info("saved the %s entity tables beside the index (%d MiB)", label, sum(c.nbytes for c in chunks) // 2**20)
 
 
+def saved(folder: Path, fingerprint: str, branches: list[str], shape: tuple[int, int], dtype: torch.dtype) -> bool:
+    """Whether tables of this model, branches, shape and type are saved under folder/ (their
+    sidecar says so; `load` still checks the bytes)."""
+    _, data_name, meta_name = _names(dtype)
+    meta = read_meta(folder / meta_name)
+    if meta is None or not (folder / data_name).is_file():
+        return False
+    if not _fits(meta, fingerprint, branches, shape, dtype):
+        log.info("saved entity tables belong to another model or format; computing them")
+        return False
+    return True
+
+
+def _fits(meta: dict, fingerprint: str, branches: list[str], shape: tuple[int, int], dtype: torch.dtype) -> bool:
+    return {k: meta.get(k) for k in ("format", "model_fingerprint", "branches", "shape", "dtype")} == _meta(fingerprint, branches, shape, dtype)
+
+
 def load(folder: Path, fingerprint: str, branches: list[str], shape: tuple[int, int], dtype: torch.dtype) -> dict[str, Tensor] | None:
     """The saved tables of this model, branches, shape (N, d) and type; None (logged) when there
     are none, or they belong to another model, or fail their checks."""
@@ -67,7 +84,7 @@ def load(folder: Path, fingerprint: str, branches: list[str], shape: tuple[int, 
     meta = read_meta(folder / meta_name)
     if meta is None or not (folder / data_name).is_file():
         return None
-    if {k: meta.get(k) for k in ("format", "model_fingerprint", "branches", "shape", "dtype")} != _meta(fingerprint, branches, shape, dtype):
+    if not _fits(meta, fingerprint, branches, shape, dtype):
         log.info("saved entity tables belong to another model or format; computing them")
         return None
     data = load_authenticated(folder / data_name, meta, "tables")
@@ -84,4 +101,4 @@ def load(folder: Path, fingerprint: str, branches: list[str], shape: tuple[int, 
     return tables
 
 
-__all__ = ["DTYPES", "load", "resolve_dtype", "save"]
+__all__ = ["DTYPES", "load", "resolve_dtype", "save", "saved"]

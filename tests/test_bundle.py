@@ -254,3 +254,26 @@ def test_vocabulary_columns_are_read_as_line_by_line(tmp_path: Path, text: str) 
         for j in range(3):
             want[j].append(decode_field(cols[j]) if j < len(cols) else "")
     assert bundle_mod._read_tsv(path, 2, 3, escaped=True) == want
+
+
+def test_a_bundle_loads_without_its_entity_rows(saved: Path) -> None:
+    """entity_rows=False: every other tensor as in a full load, the per-entity ones empty and
+    never read, entity_tables refused; the file is still verified whole."""
+    from model.network.imf import IMF
+
+    full, lean = load_bundle(saved), load_bundle(saved, entity_rows=False)
+    rows = [k for k in full.model.state_dict() if k.startswith(IMF.ENTITY_ROW_PREFIXES)]
+    assert rows
+    for k, v in lean.model.state_dict().items():
+        assert not v.is_meta, k
+        if k in rows:
+            assert v.shape[0] == 0, k
+        else:
+            assert torch.equal(v, full.model.state_dict()[k]), k
+    with pytest.raises(RuntimeError, match="released"):
+        lean.model.entity_tables()
+    data = bytearray((saved / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (saved / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        load_bundle(saved, entity_rows=False)

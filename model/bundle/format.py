@@ -320,17 +320,27 @@ def verify_files(path: Path, manifest: dict) -> None:
         raise BundleError(f"{path / MANIFEST}: model_fingerprint does not match {WEIGHTS}")
 
 
-def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Load and verify a bundle; the model comes back in eval mode on the CPU."""
+def manifest_config(path: Path, manifest: dict) -> IMFConfig:
+    """The model configuration a bundle's manifest records (BundleError when invalid)."""
+    try:
+        # Bundles written before cross-entropy training have no "output": they were BCE models.
+        return IMFConfig(**{"output": "sigmoid", **manifest["model_config"]})
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{path / MANIFEST}: invalid model_config: {exc}") from exc
+
+
+def load_bundle(path: str | Path, *, verify: bool = True, entity_rows: bool = True) -> Bundle:
+    """Load and verify a bundle; the model comes back in eval mode on the CPU.
+
+    entity_rows False: the model's per-entity tensors (IMF.ENTITY_ROW_PREFIXES: 1.5 GB at a
+    million entities) are left unread, as after `IMF.release_entity_rows`, for a server that
+    has the entity tables from elsewhere (service.tables); the file is verified whole all the
+    same."""
     path = Path(path)
     manifest = read_manifest(path)
     if verify:
         verify_files(path, manifest)
-    try:
-        # Bundles written before cross-entropy training have no "output": they were BCE models.
-        cfg = IMFConfig(**{"output": "sigmoid", **manifest["model_config"]})
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"{path / MANIFEST}: invalid model_config: {exc}") from exc
+    cfg = manifest_config(path, manifest)
     try:
         state = load_file(str(path / WEIGHTS))
         known = load_file(str(path / KNOWN))
@@ -339,10 +349,17 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     with torch.device("meta"):  # no memory, no random init: every tensor comes from the file
         model = IMF(cfg)
     try:
+        if not entity_rows:  # never read: their pages of the mapped file stay on disk
+            state = {k: v for k, v in state.items() if not k.startswith(IMF.ENTITY_ROW_PREFIXES)}
         decoded = decode_state(state, manifest.get("weights_encoding"), source=WEIGHTS)
         # Copies the model owns: safetensors maps the file, and a tensor left on the mapping
         # would read its pages after the checksum above, and pin the whole file.
-        model.load_state_dict({k: v.clone() for k, v in decoded.items()}, strict=True, assign=True)
+        result = model.load_state_dict({k: v.clone() for k, v in decoded.items()}, strict=entity_rows, assign=True)
+        if not entity_rows:
+            wrong = [k for k in result.missing_keys if not k.startswith(IMF.ENTITY_ROW_PREFIXES)] + list(result.unexpected_keys)
+            if wrong:
+                raise RuntimeError(f"missing or unexpected tensors: {', '.join(wrong[:5])}")
+            model.release_entity_rows()
     except RuntimeError as exc:
         raise BundleError(f"{path / WEIGHTS}: does not match model_config: {str(exc).splitlines()[0]}") from exc
     model.eval()

@@ -305,7 +305,7 @@ class IMF(nn.Module):
             owner = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
             leaf = name.rpartition(".")[2]
             freed += tensor.numel() * tensor.element_size()
-            empty = tensor.new_empty((0, *tensor.shape[1:]))
+            empty = torch.empty((0, *tensor.shape[1:]), dtype=tensor.dtype)  # on the CPU, also for a row never loaded (meta)
             if isinstance(tensor, nn.Parameter):
                 setattr(owner, leaf, nn.Parameter(empty, requires_grad=tensor.requires_grad))
             else:

@@ -158,12 +158,19 @@ def save_authenticated(folder: Path, data_name: str, meta_name: str, chunks: lis
     meta = {**meta, "sha256": digest.hexdigest()}  # damage, told apart from forgery in the log
     meta["mac"] = _mac(key, meta, *chunks)  # checked before anything parses the data
     tmp, meta_tmp = folder / f".{data_name}.tmp-{os.getpid()}", folder / f".{meta_name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        for c in chunks:
-            f.write(c)
-    meta_tmp.write_text(json.dumps(meta))
-    os.replace(tmp, folder / data_name)
-    os.replace(meta_tmp, folder / meta_name)
+    try:
+        with open(tmp, "wb") as f:
+            for c in chunks:
+                f.write(c)
+        meta_tmp.write_text(json.dumps(meta))
+        os.replace(tmp, folder / data_name)
+        os.replace(meta_tmp, folder / meta_name)
+    except BaseException:
+        # A full disk or an interrupted write leaves nothing behind (a data file without its
+        # new sidecar is refused by its MAC and rebuilt).
+        tmp.unlink(missing_ok=True)
+        meta_tmp.unlink(missing_ok=True)
+        raise
     log.debug("saved %s", folder / data_name)
 
 

@@ -169,3 +169,25 @@ def test_table_type_names() -> None:
     assert resolve_dtype("float16", 10) == torch.float16
     with pytest.raises(ValueError, match="auto, float32 or float16"):
         resolve_dtype("int8", 10)
+
+
+def test_a_failed_save_leaves_no_temporary_files(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+
+    import service.index as index_mod
+
+    real = os.replace
+
+    def full_disk(src, dst):  # the data written, the rename fails
+        if str(dst).endswith("tables-float16.bin"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(index_mod.os, "replace", full_disk)
+    with caplog.at_level(logging.INFO, logger="service.engine"):
+        p = Predictor.load(bundle_copy, candidates=30, index_kind="flat", table_dtype="float16")
+    assert "entity tables not saved" in caplog.text
+    folder = bundle_copy / INDEX_DIR
+    assert not [f.name for f in folder.iterdir() if ".tmp-" in f.name]
+    assert not (folder / "tables-float16.bin").exists()
+    assert p.predict(queries(p, 1)[0])

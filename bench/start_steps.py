@@ -48,14 +48,15 @@ def main() -> int:
         t = now
 
     step("imports (torch, FAISS, the service)")
-    cfg = manifest_config(args.bundle, read_manifest(args.bundle))
+    manifest = read_manifest(args.bundle)
+    cfg = manifest_config(args.bundle, manifest)
     n, folder = cfg.num_entities, args.bundle / INDEX_DIR
     kind = resolve_kind("auto", n)
     dtype = stored_tables.resolve_dtype("auto", n)
-    have = kind != "exact" and stored_tables.saved(folder, read_manifest(args.bundle)["model_fingerprint"], cfg.branches, (n, cfg.dim), dtype)
-    b = load_bundle(args.bundle, entity_rows=not have)  # as Predictor.load: no entity rows when saved tables exist
-    step("load and verify the bundle" + (" (without its entity rows)" if have else ""))
-    tables = stored_tables.load(folder, b.fingerprint, b.model.branches, (n, cfg.dim), dtype) if have else None
+    saved = stored_tables.find(folder, manifest["model_fingerprint"], cfg.branches, (n, cfg.dim), dtype) if kind != "exact" else None
+    b = load_bundle(args.bundle, entity_rows=saved is None)  # as Predictor.load: no entity rows when saved tables exist
+    step("load and verify the bundle" + (" (without its entity rows)" if saved is not None else ""))
+    tables = stored_tables.load(folder, saved) if saved is not None else None
     step("saved entity tables (read, MAC)" if tables is not None else "no saved tables")
     index = CandidateIndex.load(folder, kind, b.fingerprint, [b.model.cfg.dim] * len(b.model.branches), n) if kind != "exact" else None
     step(f"saved {kind} index (read, MAC, parse)" if index is not None else "no saved index")

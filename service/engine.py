@@ -209,11 +209,11 @@ class Predictor:
         # at later ones (service.tables): computing them is most of a start at a million entities.
         # Then the model's own entity rows are not even read (1.5 GB at a million entities, which
         # with the tables made a start's peak nearly twice its steady memory).
-        have = kind != EXACT and stored_tables.saved(folder, manifest["model_fingerprint"], cfg.branches, shape, dtype)
-        bundle = load_bundle(path, entity_rows=not have)
+        saved = stored_tables.find(folder, manifest["model_fingerprint"], cfg.branches, shape, dtype) if kind != EXACT else None
+        bundle = load_bundle(path, entity_rows=saved is None)
         model = bundle.model
-        tables = stored_tables.load(folder, bundle.fingerprint, model.branches, shape, dtype) if have else None
-        if have and tables is None:  # the saved tables did not check out: compute them after all
+        tables = stored_tables.load(folder, saved) if saved is not None else None
+        if saved is not None and tables is None:  # the saved tables did not check out: compute them after all
             bundle = load_bundle(path)
             model = bundle.model
         computed = tables is None

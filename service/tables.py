@@ -60,37 +60,29 @@ def save(folder: Path, fingerprint: str, tables: dict[str, Tensor]) -> None:
     log.info("saved the %s entity tables beside the index (%d MiB)", label, sum(c.nbytes for c in chunks) // 2**20)
 
 
-def saved(folder: Path, fingerprint: str, branches: list[str], shape: tuple[int, int], dtype: torch.dtype) -> bool:
-    """Whether tables of this model, branches, shape and type are saved under folder/ (their
-    sidecar says so; `load` still checks the bytes)."""
+def find(folder: Path, fingerprint: str, branches: list[str], shape: tuple[int, int], dtype: torch.dtype) -> dict | None:
+    """The sidecar of the tables of this model, branches, shape (N, d) and type saved under
+    folder/, or None (logged when the saved ones belong to another model or format). Only the
+    sidecar is read: `load` checks the bytes."""
     _, data_name, meta_name = _names(dtype)
     meta = read_meta(folder / meta_name)
     if meta is None or not (folder / data_name).is_file():
-        return False
-    if not _fits(meta, fingerprint, branches, shape, dtype):
-        log.info("saved entity tables belong to another model or format; computing them")
-        return False
-    return True
-
-
-def _fits(meta: dict, fingerprint: str, branches: list[str], shape: tuple[int, int], dtype: torch.dtype) -> bool:
-    return {k: meta.get(k) for k in ("format", "model_fingerprint", "branches", "shape", "dtype")} == _meta(fingerprint, branches, shape, dtype)
-
-
-def load(folder: Path, fingerprint: str, branches: list[str], shape: tuple[int, int], dtype: torch.dtype) -> dict[str, Tensor] | None:
-    """The saved tables of this model, branches, shape (N, d) and type; None (logged) when there
-    are none, or they belong to another model, or fail their checks."""
-    label, data_name, meta_name = _names(dtype)
-    meta = read_meta(folder / meta_name)
-    if meta is None or not (folder / data_name).is_file():
         return None
-    if not _fits(meta, fingerprint, branches, shape, dtype):
+    if {k: meta.get(k) for k in ("format", "model_fingerprint", "branches", "shape", "dtype")} != _meta(fingerprint, branches, shape, dtype):
         log.info("saved entity tables belong to another model or format; computing them")
         return None
+    return meta
+
+
+def load(folder: Path, meta: dict) -> dict[str, Tensor] | None:
+    """The tables a sidecar from `find` describes, each (N, d), sharing the bytes read; None
+    (logged) when the bytes fail their checks."""
+    dtype = DTYPES[meta["dtype"]]
+    label, data_name, _ = _names(dtype)
     data = load_authenticated(folder / data_name, meta, "tables")
     if data is None:
         return None
-    n, d = shape
+    branches, (n, d) = meta["branches"], meta["shape"]
     each = n * d * torch.empty((), dtype=dtype).element_size()
     if len(data) != each * len(branches):
         log.warning("%s: %d bytes where %d were expected; computing the tables", folder / data_name, len(data), each * len(branches))
@@ -101,4 +93,4 @@ def load(folder: Path, fingerprint: str, branches: list[str], shape: tuple[int, 
     return tables
 
 
-__all__ = ["DTYPES", "load", "resolve_dtype", "save", "saved"]
+__all__ = ["DTYPES", "find", "load", "resolve_dtype", "save"]

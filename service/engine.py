@@ -100,7 +100,7 @@ def _stratum_estimate(st: Strata, probed: np.ndarray, in_head: np.ndarray, head:
     the head. A list whose sampled members are all in the head (rare) counts the rest of its
     members at the lowest sampled logit (they ranked below those). q: (d,); -inf when empty."""
     members = st.sample[probed]  # (P, m)
-    rows = st.rows[torch.from_numpy(probed)]  # (P, m, d)
+    rows = st.rows.index_select(0, torch.from_numpy(probed))  # (P, m, d)
     s = (rows.view(-1, rows.shape[-1]).float() @ q).view(rows.shape[:2]).double()  # (P, m)
     taken = members >= 0
     counted = taken & ~_among(members, head)
@@ -111,6 +111,13 @@ def _stratum_estimate(st: Strata, probed: np.ndarray, in_head: np.ndarray, head:
     per_list = torch.where(n_counted > 0, mean, low) + rest.log()
     per_list = per_list[(rest > 0) & torch.from_numpy(taken.any(axis=1))]
     return torch.logsumexp(per_list, 0) if len(per_list) else torch.tensor(-math.inf, dtype=torch.float64)
+
+
+def _rows(table: Tensor, ids: Tensor) -> Tensor:
+    """table[ids] for a table (N, d) and ids (M,) int64: (M, d). index_select, because on this
+    path (a few thousand rows of a million-row float16 table) torch's advanced indexing took
+    about 6x as long for the same rows (0.75 vs 0.13 ms for 2,048 rows, one thread)."""
+    return table.index_select(0, ids)
 
 
 def _bucket(depth: int) -> int:
@@ -324,7 +331,7 @@ class Predictor:
             probed = index.probed_lists(part, q_b.numpy()) if index.has_lists else None  # (B, nprobe), for the normaliser's strata
             for j, ids in enumerate(found):
                 ids = ids[ids >= 0]
-                s = base[b][torch.from_numpy(ids)].float() @ q_b[j]  # exact logits of what the search found (float32 from any stored type)
+                s = _rows(base[b], torch.from_numpy(ids)).float() @ q_b[j]  # exact logits of what the search found (float32 from any stored type)
                 if len(ids) > depths[j]:
                     keep = torch.topk(s, depths[j], sorted=False).indices.numpy()
                     tops[j].append(ids[keep])
@@ -450,7 +457,7 @@ class Predictor:
         ids, heads = self._retrieve(queries, qv, known, len(tables[self.branches[0]]))  # (B, M), -1 padded
         valid = ids >= 0
         cand = torch.from_numpy(np.where(valid, ids, 0))
-        logits = {b: torch.einsum("bd,bkd->bk", qv[b], tables[b][cand].float()) for b in self.branches}  # (B, M) exact, float32
+        logits = {b: torch.einsum("bd,bkd->bk", qv[b], _rows(tables[b], cand.view(-1)).view(*cand.shape, -1).float()) for b in self.branches}  # (B, M) exact, float32
         log_norm = None
         if self.model.cfg.output == "softmax":
             # Softmax branches need each branch's normaliser over all N entities: exact up to

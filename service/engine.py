@@ -94,23 +94,37 @@ def _among(values: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
     return sorted_unique[at] == values
 
 
-def _stratum_estimate(st: Strata, probed: np.ndarray, in_head: np.ndarray, head: np.ndarray, q: Tensor) -> Tensor:
+def _lse(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """log(sum(exp(x))) over `axis` (all of x when None), float64, stable; -inf where every
+    entry is -inf (or there are none). The normaliser's per-query arithmetic runs on a few
+    thousand numbers at a time, where numpy's calls cost a fraction of torch's."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return np.float64(-math.inf) if axis is None else np.full(x.shape[:axis] + x.shape[axis + 1:], -math.inf)
+    m = x.max(axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.exp(x - m).sum(axis=axis, keepdims=True)) + m
+    return out.reshape(()) if axis is None else out.squeeze(axis)
+
+
+def _stratum_estimate(st: Strata, probed: np.ndarray, in_head: np.ndarray, head: np.ndarray, q: Tensor) -> float:
     """log of the estimated sum of exp(s) over the visited lists' entities outside the head:
     per list, (members outside the head) x the mean of exp(s) over its sampled members outside
     the head. A list whose sampled members are all in the head (rare) counts the rest of its
     members at the lowest sampled logit (they ranked below those). q: (d,); -inf when empty."""
     members = st.sample[probed]  # (P, m)
     rows = st.rows.index_select(0, torch.from_numpy(probed))  # (P, m, d)
-    s = (rows.view(-1, rows.shape[-1]).float() @ q).view(rows.shape[:2]).double()  # (P, m)
+    s = (rows.view(-1, rows.shape[-1]).float() @ q).view(rows.shape[:2]).double().numpy()  # (P, m)
     taken = members >= 0
     counted = taken & ~_among(members, head)
-    rest = torch.from_numpy((st.sizes[probed] - in_head[probed]).astype(np.float64))  # (P,)
-    n_counted = torch.from_numpy(counted.sum(axis=1).astype(np.float64))
-    mean = torch.logsumexp(s.masked_fill(torch.from_numpy(~counted), -math.inf), 1) - n_counted.log()
-    low = s.masked_fill(torch.from_numpy(~taken), math.inf).amin(1)
-    per_list = torch.where(n_counted > 0, mean, low) + rest.log()
-    per_list = per_list[(rest > 0) & torch.from_numpy(taken.any(axis=1))]
-    return torch.logsumexp(per_list, 0) if len(per_list) else torch.tensor(-math.inf, dtype=torch.float64)
+    rest = (st.sizes[probed] - in_head[probed]).astype(np.float64)  # (P,)
+    n_counted = counted.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # lists with nothing counted: -inf - -inf, replaced below
+        mean = _lse(np.where(counted, s, -math.inf), 1) - np.log(n_counted)
+        low = np.where(taken, s, math.inf).min(axis=1)
+        per_list = np.where(n_counted > 0, mean, low) + np.log(rest)
+    return float(_lse(per_list[(rest > 0) & taken.any(axis=1)]))
 
 
 def _rows(table: Tensor, ids: Tensor) -> Tensor:
@@ -411,19 +425,20 @@ class Predictor:
         n = self.num_base
         out: dict[str, Tensor] = {}
         for b in self.branches:
-            tail_logits = (qv[b] @ cols[b]).double()  # (B, S)
-            norms = []
+            tail_logits = (qv[b] @ cols[b]).double().numpy()  # (B, S)
+            cand_logits = logits[b].double().numpy()  # (B, M)
+            norms = np.empty(len(ids))
             for j in range(len(ids)):
                 h = heads[j][b]
                 # Every entity whose exact logit is known, once: what the search re-ranked and
                 # the candidates (added entities among them: they are in no list and no sample).
                 seen, first = np.unique(np.concatenate([h.ids, ids[j][valid[j]]]), return_index=True)
-                s_seen = torch.cat([h.logits, logits[b][j][torch.from_numpy(valid[j])]]).double()[torch.from_numpy(first)]
-                parts = [torch.logsumexp(s_seen, 0)]
+                s_seen = np.concatenate([h.logits.double().numpy(), cand_logits[j][valid[j]]])[first]
+                parts = [_lse(s_seen)]
                 seen = seen[seen < n]
-                outside = torch.ones(len(sample), dtype=torch.bool)  # uniform sample members outside the head
+                outside = np.ones(len(sample), dtype=bool)  # uniform sample members outside the head
                 at = pos[seen]
-                outside[torch.from_numpy(at[at >= 0])] = False
+                outside[at[at >= 0]] = False
                 if strata is None or h.probed is None:
                     rest, count = n - len(seen), int(outside.sum())
                 else:
@@ -433,12 +448,12 @@ class Predictor:
                     in_head = np.bincount(st.list_of[seen], minlength=len(st.sizes))  # head entities per list
                     parts.append(_stratum_estimate(st, h.probed, in_head, seen, qv[b][j]))
                     # The lists not visited: the uniform sample's members there.
-                    outside &= torch.from_numpy(~visited[st.uniform_lists])
+                    outside &= ~visited[st.uniform_lists]
                     rest, count = int((st.sizes - in_head)[~visited].sum()), int(outside.sum())
                 if rest > 0 and count > 0:
-                    parts.append(torch.logsumexp(tail_logits[j][outside], 0) + math.log(rest / count))
-                norms.append(torch.logsumexp(torch.stack(parts), 0))
-            out[b] = torch.stack(norms)
+                    parts.append(_lse(tail_logits[j][outside]) + math.log(rest / count))
+                norms[j] = _lse(np.array(parts))
+            out[b] = torch.from_numpy(norms)
         return out
 
     @torch.no_grad()

@@ -191,3 +191,17 @@ def test_a_failed_save_leaves_no_temporary_files(bundle_copy: Path, monkeypatch:
     assert not [f.name for f in folder.iterdir() if ".tmp-" in f.name]
     assert not (folder / "tables-float16.bin").exists()
     assert p.predict(queries(p, 1)[0])
+
+
+def test_numpy_logsumexp_matches_torch() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=30.0, size=(7, 50))
+    x[2] = -np.inf  # a row with nothing in it
+    x[3, :45] = -np.inf
+    for axis in (None, 0, 1):
+        want = torch.logsumexp(torch.from_numpy(x), dim=axis if axis is not None else (0, 1)).numpy()
+        np.testing.assert_allclose(engine._lse(x, axis), want, rtol=1e-12)
+    assert engine._lse(x[2]) == -np.inf
+    assert engine._lse(np.empty(0)) == -np.inf
+    assert engine._lse(np.empty((3, 0)), 1).tolist() == [-np.inf] * 3
+    assert engine._lse(np.array([1000.0, 1000.0])) == pytest.approx(1000.0 + np.log(2.0))  # no overflow

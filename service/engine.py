@@ -341,8 +341,7 @@ class Predictor:
         tops: list[list[np.ndarray]] = [[] for _ in queries]
         for part, b in enumerate(self.branches):
             q_b = qv[b]
-            found = self._search_by_depth(part, q_b.numpy(), searched)
-            probed = index.probed_lists(part, q_b.numpy()) if index.has_lists else None  # (B, nprobe), for the normaliser's strata
+            found, probed = self._search_by_depth(part, q_b.numpy(), searched)  # probed: the lists visited, for the normaliser's strata
             for j, ids in enumerate(found):
                 ids = ids[ids >= 0]
                 s = _rows(base[b], torch.from_numpy(ids)).float() @ q_b[j]  # exact logits of what the search found (float32 from any stored type)
@@ -351,23 +350,25 @@ class Predictor:
                     tops[j].append(ids[keep])
                 else:
                     tops[j].append(ids)
-                heads[j][b] = Head(ids, s, None if probed is None else probed[j][probed[j] >= 0])
+                heads[j][b] = Head(ids, s, None if probed[j] is None else probed[j][probed[j] >= 0])
         rows = [np.unique(np.concatenate([*t, added])) for t in tops]
         return _pad(rows), heads
 
-    def _search_by_depth(self, part: int, xq: np.ndarray, depths: list[int]) -> list[np.ndarray]:
+    def _search_by_depth(self, part: int, xq: np.ndarray, depths: list[int]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
         """Search each row of xq in one part of the index to its own depth: one FAISS call per
-        distinct depth."""
+        distinct depth. Per row: the ids found, and the IVF lists visited (None without lists)."""
         assert self.index is not None
         out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(depths)
+        visited: list[np.ndarray | None] = [None] * len(depths)
         by_depth: dict[int, list[int]] = {}
         for i, dep in enumerate(depths):
             by_depth.setdefault(dep, []).append(i)
         for dep, rows in by_depth.items():
-            _, ids = self.index.search_part(part, xq[rows] if len(rows) < len(depths) else xq, dep)
+            _, ids, lists = self.index.search_part(part, xq[rows] if len(rows) < len(depths) else xq, dep)
             for j, i in enumerate(rows):
                 out[i] = ids[j]
-        return out
+                visited[i] = None if lists is None else lists[j]
+        return out, visited
 
     def _tail_sample(self) -> tuple[np.ndarray, np.ndarray, dict[str, Tensor]]:
         """A fixed uniform sample of the bundle's entities for the normaliser's tail: ids (S,),

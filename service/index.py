@@ -358,24 +358,38 @@ class CandidateIndex:
         xq_l2[:, : xq.shape[1]] = xq * scale[:, None]
         return xq_l2, scale, norm_sq
 
-    def search_part(self, part: int, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_part(self, part: int, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Search one part as deep as asked (no refinement): xq (B, width of the part) float32
-        -> D (B, k) inner products (approximate for PQ codes), I (B, k) ids (-1 = none)."""
+        -> D (B, k) inner products (approximate for PQ codes), I (B, k) ids (-1 = none), and for
+        IVF parts the lists the search visited, (B, nprobe) list ids (-1 = none), else None.
+
+        IVF parts: the coarse quantizer is searched here and its assignment handed to FAISS
+        (search_preassigned, the same answers as a plain search), so the caller learns which
+        lists were visited (the normaliser's strata) without a second coarse search."""
         index = self.parts[part]
         k = min(k, self.ntotal)
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if not _l2_reduced(self.kind):
-            return index.search(xq, k) if self._params is None else index.search(xq, k, params=self._params)
+            dist, ids = index.search(xq, k) if self._params is None else index.search(xq, k, params=self._params)
+            return dist, ids, None
         m2 = self.max_norms_sq[part]
         xq_l2, scale, norm_sq = self._reduced_queries(part, xq)
-        dist, ids = index.search(xq_l2, k, params=self._params)
+        lists = None
+        if self.has_lists:
+            ivf = faiss.extract_index_ivf(index)
+            nprobe = min(self.nprobe, ivf.nlist)
+            coarse, lists = ivf.quantizer.search(xq_l2, nprobe)
+            ivf.nprobe = nprobe  # search_preassigned takes no parameter object; it probes the assignment's width
+            dist, ids = ivf.search_preassigned(xq_l2, k, lists, coarse)
+        else:
+            dist, ids = index.search(xq_l2, k, params=self._params)
         # back to inner products: |s xq' - xb'|^2 = s^2 |xq|^2 + M^2 - 2 s xq . xb  (-1 ids stay -1)
         ip = ((scale**2 * norm_sq)[:, None] + m2 - dist) / (2 * scale[:, None])
-        return np.where(ids >= 0, ip, -np.inf).astype(np.float32), ids
+        return np.where(ids >= 0, ip, -np.inf).astype(np.float32), ids, lists
 
     @property
     def has_lists(self) -> bool:
-        """Whether the parts are IVF indexes (`lists`, `probed_lists`)."""
+        """Whether the parts are IVF indexes (`lists`, and `search_part` reports the lists visited)."""
         return self.kind in ("ivf", "ivfpq")
 
     def lists(self, part: int) -> list[np.ndarray]:
@@ -383,13 +397,6 @@ class CandidateIndex:
         ivf = faiss.extract_index_ivf(self.parts[part])
         il = ivf.invlists
         return [faiss.rev_swig_ptr(il.get_ids(i), il.list_size(i)).copy() if il.list_size(i) else np.empty(0, dtype=np.int64) for i in range(ivf.nlist)]
-
-    def probed_lists(self, part: int, xq: np.ndarray) -> np.ndarray:
-        """The IVF lists a search of xq (B, width) in one part visits: (B, nprobe) list ids (-1
-        = none), the coarse quantizer's nearest centroids, as the search itself picks them."""
-        ivf = faiss.extract_index_ivf(self.parts[part])
-        xq_l2 = self._reduced_queries(part, np.ascontiguousarray(xq, dtype=np.float32))[0]
-        return ivf.quantizer.search(xq_l2, min(self.nprobe, ivf.nlist))[1]
 
     def search(self, xq: np.ndarray, k: int, xb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A one-part index: xq (B, dim) float32 -> D (B, k) inner products, I (B, k) entity ids
@@ -399,8 +406,8 @@ class CandidateIndex:
             raise ValueError(f"a {len(self.parts)}-part index is searched part by part (search_part)")
         k = min(k, self.ntotal)
         if not self.approximate_scores or xb is None:
-            return self.search_part(0, xq, k)
-        _, ids = self.search_part(0, xq, self.depth(k))
+            return self.search_part(0, xq, k)[:2]
+        ids = self.search_part(0, xq, self.depth(k))[1]
         safe = np.where(ids >= 0, ids, 0)
         exact = np.einsum("bd,bkd->bk", np.asarray(xq, dtype=np.float32), xb[safe])
         exact = np.where(ids >= 0, exact, -np.inf)

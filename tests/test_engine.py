@@ -287,6 +287,29 @@ def test_l2_reduced_index_returns_the_exact_inner_products(kind: str) -> None:
     np.testing.assert_allclose(d_approx, ref, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+@pytest.mark.parametrize("nprobe", [1, 5, 100_000])
+def test_ivf_search_reports_the_lists_a_plain_search_visits(kind: str, nprobe: int) -> None:
+    """search_part hands FAISS its own coarse assignment (search_preassigned): the same ids and
+    scores as a plain FAISS search with the same nprobe, and the lists are the coarse
+    quantizer's nearest, as that search picks them."""
+    rng = np.random.default_rng(1)
+    xb = (rng.standard_normal((4000, 24)) * rng.uniform(0.1, 5.0, (4000, 1))).astype(np.float32)
+    xq = rng.standard_normal((9, 24)).astype(np.float32)
+    index = CandidateIndex.build(xb, kind, nprobe=nprobe)
+    d, i, lists = index.search_part(0, xq, 50)
+    reduced, scale, norm_sq = index._reduced_queries(0, xq)
+    ivf = faiss.extract_index_ivf(index.index)
+    probes = min(nprobe, ivf.nlist)
+    d_ref, i_ref = index.index.search(reduced, 50, params=faiss.SearchParametersIVF(nprobe=probes))
+    np.testing.assert_array_equal(i, i_ref)
+    ip_ref = ((scale**2 * norm_sq)[:, None] + index.max_norm_sq - d_ref) / (2 * scale[:, None])
+    np.testing.assert_allclose(d, np.where(i_ref >= 0, ip_ref, -np.inf), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(lists, ivf.quantizer.search(reduced, probes)[1])
+    assert lists.shape == (9, probes)
+    assert CandidateIndex.build(xb, "flat").search_part(0, xq, 5)[2] is None  # no lists to report
+
+
 def test_saved_index_of_an_older_format_is_rebuilt(slice_bundle: Path, tmp_path: Path) -> None:
     copy = tmp_path / "b"
     shutil.copytree(slice_bundle, copy)

@@ -55,21 +55,12 @@ from model.evaluation.predict import known_mask, top_k_with_filter  # noqa: E402
 from service.engine import Predictor  # noqa: E402
 from service.index import EXHAUSTIVE_MAX_ENTITIES  # noqa: E402
 from service.query import Query  # noqa: E402
+from bench.queries import make_queries  # noqa: E402
 from tests.helpers import free_port, wait_ready  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def make_queries(p: Predictor, n: int, seed: int = 0, k: int = 10) -> list[Query]:
-    test = p.bundle.triples["test"]
-    rng = np.random.default_rng(seed)
-    rows = test[rng.choice(len(test), min(n, len(test)), replace=False)]
-    return [
-        Query(entity=int(h if i % 2 == 0 else t), relation=int(r), direction="tail" if i % 2 == 0 else "head", k=k, filter_known=True)
-        for i, (h, r, t) in enumerate(rows.tolist())
-    ]
 
 
 def recall(p: Predictor, queries: list[Query], exact: list[set[int]]) -> tuple[float, float]:

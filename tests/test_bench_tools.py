@@ -42,3 +42,18 @@ def test_random_synthetic_bundle_loads(tmp_path: Path) -> None:
     b = load_bundle(out)
     assert len(b.vocab.entity_ids) == 500 and b.num_relations == 5
     assert set(b.model.cfg.modalities) == {"text", "numeric"}
+
+
+def test_retrieval_profile_times_the_steps_of_an_indexed_engine(slice_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(slice_bundle, copy)  # the profile's engine saves its index beside the bundle
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(repo / "bench" / "retrieval_profile.py"), str(copy), "--index", "ivf", "--queries", "6"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "6 queries" in out and "per query: p50" in out
+    for step in ("_queries", "_retrieve", "search_part"):
+        assert f"  {step}: " in out, out

@@ -24,7 +24,7 @@ from model.bundle.format import load_bundle
 from model.errors import MAX_CANDIDATES, AmbiguousNameError, UnknownNameError
 from model.kg import names as names_module
 from model.kg.names import CUTOFF, MAX_POSTINGS, MAX_VERIFY, RERANK, NameIndex, SortedTexts, close_matches
-from model.kg.vocab import Vocabulary, name_key
+from model.kg.vocab import Vocabulary, _by_name, _named, name_key
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -215,39 +215,19 @@ class ReferenceNameIndex:
         return out
 
 
-def _reference_by_name(names: Sequence[str], order: Iterable[int]) -> tuple[dict[str, int], dict[str, list[int]]]:
-    """The previous Vocabulary._entity_by_name (model.kg.vocab._by_name): normalised name ->
-    the one entity of that name, and -> the entities, in `order`, of the names several share."""
-    first: dict[str, int] = {}
-    shared: dict[str, list[int]] = {}
-    for i in order:
-        key = name_key(names[i])
-        j = first.setdefault(key, i)
-        if j != i:
-            shared.setdefault(key, [j]).append(i)
-    for key in shared:
-        del first[key]
-    return first, shared
-
-
-def _reference_named(maps: tuple[dict[str, int], dict[str, list[int]]], name: str) -> list[int]:
-    key = name_key(name)
-    one = maps[0].get(key)
-    return [one] if one is not None else list(maps[1].get(key, ()))
-
-
 class ReferenceVocabulary:
-    """The previous Vocabulary entity lookups: exact names from the dict maps above, suggestions
-    and search from ReferenceNameIndex."""
+    """The previous Vocabulary entity lookups: exact names from dict maps (model.kg.vocab's
+    _by_name / _named, which the relation names still use), suggestions and search from
+    ReferenceNameIndex."""
 
     def __init__(self, ids: list[str], names: list[str], weights: np.ndarray) -> None:
         self.ids, self.names = ids, names
         self.index = ReferenceNameIndex(names, ids, weights)
-        self.maps = _reference_by_name(names, np.argsort(-weights, kind="stable").tolist())
+        self.maps = _by_name(names, np.argsort(-weights, kind="stable").tolist())
         self.by_id = {e: i for i, e in enumerate(ids)}
 
     def entities_named(self, name: str) -> list[int]:
-        return _reference_named(self.maps, name)
+        return _named(self.maps, name)
 
     def entity(self, key: str) -> object:
         """The entity, or ("ambiguous", ids listed, total), or ("unknown", suggestions)."""

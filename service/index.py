@@ -287,9 +287,8 @@ class CandidateIndex:
         self.dims = [int(x) for x in dims] if dims is not None else [int(p.d) for p in self.parts]
         norms = max_norm_sq if isinstance(max_norm_sq, (list, tuple)) else [max_norm_sq] * len(self.parts)
         self.max_norms_sq = [float(x) for x in norms]
-        self._nprobe = nprobe
-        self._refine_factor = refine_factor
-        self._params = self._search_params()
+        self.nprobe = nprobe  # IVF lists visited per search (HNSW: its efSearch is 4 x nprobe, at least 64)
+        self.refine_factor = refine_factor
 
     @property
     def index(self) -> faiss.Index:
@@ -299,24 +298,6 @@ class CandidateIndex:
     @property
     def max_norm_sq(self) -> float:
         return self.max_norms_sq[0]
-
-    @property
-    def nprobe(self) -> int:
-        return self._nprobe
-
-    @nprobe.setter
-    def nprobe(self, value: int) -> None:
-        self._nprobe = value
-        self._params = self._search_params()  # the FAISS parameter object holds a copy
-
-    @property
-    def refine_factor(self) -> int:
-        return self._refine_factor
-
-    @refine_factor.setter
-    def refine_factor(self, value: int) -> None:
-        self._refine_factor = value
-        self._params = self._search_params()
 
     @property
     def ntotal(self) -> int:
@@ -331,13 +312,6 @@ class CandidateIndex:
     def nbytes(self) -> int:
         """Serialized size of all parts (about what they hold in memory)."""
         return sum(int(faiss.serialize_index(p).nbytes) for p in self.parts)
-
-    def _search_params(self) -> faiss.SearchParameters | None:
-        if self.kind in ("ivf", "ivfpq"):
-            return faiss.SearchParametersIVF(nprobe=self.nprobe)
-        if self.kind == "hnsw":
-            return faiss.SearchParametersHNSW(efSearch=max(64, self.nprobe * 4))
-        return None
 
     def depth(self, k: int) -> int:
         """How deep a search for k exact candidates goes in the index: k, or refine_factor x k
@@ -369,8 +343,8 @@ class CandidateIndex:
         index = self.parts[part]
         k = min(k, self.ntotal)
         xq = np.ascontiguousarray(xq, dtype=np.float32)
-        if not _l2_reduced(self.kind):
-            dist, ids = index.search(xq, k) if self._params is None else index.search(xq, k, params=self._params)
+        if not _l2_reduced(self.kind):  # flat: exact, nothing to set
+            dist, ids = index.search(xq, k)
             return dist, ids, None
         m2 = self.max_norms_sq[part]
         xq_l2, scale, norm_sq = self._reduced_queries(part, xq)
@@ -381,8 +355,8 @@ class CandidateIndex:
             coarse, lists = ivf.quantizer.search(xq_l2, nprobe)
             ivf.nprobe = nprobe  # search_preassigned takes no parameter object; it probes the assignment's width
             dist, ids = ivf.search_preassigned(xq_l2, k, lists, coarse)
-        else:
-            dist, ids = index.search(xq_l2, k, params=self._params)
+        else:  # hnsw
+            dist, ids = index.search(xq_l2, k, params=faiss.SearchParametersHNSW(efSearch=max(64, self.nprobe * 4)))
         # back to inner products: |s xq' - xb'|^2 = s^2 |xq|^2 + M^2 - 2 s xq . xb  (-1 ids stay -1)
         ip = ((scale**2 * norm_sq)[:, None] + m2 - dist) / (2 * scale[:, None])
         return np.where(ids >= 0, ip, -np.inf).astype(np.float32), ids, lists

@@ -199,7 +199,7 @@ class Predictor:
         extras = self.bundle.extras_fingerprint[:8]
         base = EXACT if self.index is None else f"{self.index.kind}-c{self.candidates}-p{self.index.nprobe}-r{self.index.refine_factor}"
         dtype = self.base_tables[self.branches[0]].dtype
-        stored = "" if dtype == torch.float32 else f"-{str(dtype).removeprefix('torch.')}"  # float16 tables round each number
+        stored = "" if dtype == torch.float32 else f"-{stored_tables.dtype_name(dtype)}"  # float16 tables round each number
         return f"{base}{stored}-x{extras}-g{self.added.view.generation}"
 
     # ------------------------------------------------------------------ start-up
@@ -244,7 +244,7 @@ class Predictor:
             # The tables are not the model's own tensors: its per-entity rows are never read again.
             freed = model.release_entity_rows()
             log.info("entity tables in %s (%d MiB, %s); the model's own entity rows %s",
-                     str(dtype).removeprefix("torch."), sum(t.numel() * t.element_size() for t in tables.values()) // 2**20,
+                     stored_tables.dtype_name(dtype), sum(t.numel() * t.element_size() for t in tables.values()) // 2**20,
                      "computed" if computed else "saved ones read", f"released ({freed // 2**20} MiB)" if freed else "not loaded")
         index = None
         widths = [int(tables[b].shape[1]) for b in model.branches]  # one index part per branch table

@@ -41,8 +41,13 @@ def resolve_dtype(name: str, num_entities: int) -> torch.dtype:
     return DTYPES[name]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """"float16" for torch.float16: how logs, file names and cache keys name a table type."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _names(dtype: torch.dtype) -> tuple[str, str, str]:
-    label = str(dtype).removeprefix("torch.")
+    label = dtype_name(dtype)
     return label, f"tables-{label}.bin", f"tables-{label}.json"
 
 
@@ -93,4 +98,4 @@ def load(folder: Path, meta: dict) -> dict[str, Tensor] | None:
     return tables
 
 
-__all__ = ["DTYPES", "find", "load", "resolve_dtype", "save"]
+__all__ = ["DTYPES", "dtype_name", "find", "load", "resolve_dtype", "save"]
